@@ -1,0 +1,343 @@
+"""train-cifar end to end on the tiny fixtures: data sources, store metadata, comparison, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import DataError, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = FIXTURES / "cifar-10-python-tiny.tar.gz"
+TREE = FIXTURES / "images-tiny"
+TREE_ARCHIVE = FIXTURES / "images-tiny.tar.gz"
+TRAIN_CIFAR = [sys.executable, "-c", "from training.cli import main; main()"]
+QUICK = ["--epochs", "1", "--batch-size", "16"]
+
+
+@pytest.fixture()
+def store_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "200",
+    }
+
+
+def train_cifar(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TRAIN_CIFAR, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stored_models(env: dict[str, str]) -> list[dict]:
+    listing = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], env=env, capture_output=True, text=True
+    )
+    assert listing.returncode == 0, listing.stderr
+    return json.loads(listing.stdout or "[]")
+
+
+def stored_model(tag: str, env: dict[str, str]) -> dict:
+    shown = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "get", tag, "-o", "json"], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+def saved_tag(output: str) -> str:
+    return output.split("saved to the model store as ")[1].split(";")[0].strip()
+
+
+# --- data sources ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [OFFICIAL, TREE, TREE_ARCHIVE], ids=["official-archive", "tree", "tree-archive"])
+def test_every_source_gives_the_standard_classes_and_a_stratified_split(source: Path) -> None:
+    data = load_dataset(str(source), validation_split=0.2, seed=1)
+    assert data.class_names[:3] == ["airplane", "automobile", "bird"] and len(data.class_names) == 10
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (32, 32, 3)
+    assert np.bincount(data.y_val, minlength=10).min() == np.bincount(data.y_val, minlength=10).max()
+    assert len(data.y_test) in (30, 50)
+    # shuffled: a sorted folder must not give a validation set of the last classes only
+    assert len(set(data.y_val[:10].tolist())) > 3
+
+
+def test_extracted_official_folder_matches_the_archive(tmp_path: Path) -> None:
+    with tarfile.open(OFFICIAL) as archive:
+        archive.extractall(tmp_path, filter="data")
+    from_folder = load_dataset(str(tmp_path / "cifar-10-batches-py"), 0.2, seed=3)
+    from_parent = load_dataset(str(tmp_path), 0.2, seed=3)
+    from_archive = load_dataset(str(OFFICIAL), 0.2, seed=3)
+    assert np.array_equal(from_folder.x_train, from_archive.x_train)
+    assert np.array_equal(from_parent.y_test, from_archive.y_test)
+
+
+def test_limit_takes_a_stratified_subset() -> None:
+    data = load_dataset(str(TREE), validation_split=0.0, seed=0, limit=40)
+    assert len(data.y_train) == 40 and np.all(np.bincount(data.y_train) == 4)
+
+
+def test_unknown_layout_and_corrupt_images_are_data_errors(tmp_path: Path) -> None:
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="unknown data layout"):
+        load_dataset(str(tmp_path / "random"), 0.2, 0)
+    broken = tmp_path / "broken" / "train" / "cat"
+    broken.mkdir(parents=True)
+    (broken / "1.png").write_bytes(b"not a png")
+    (tmp_path / "broken" / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "broken" / "test" / "cat" / "2.png").write_bytes((TREE / "test" / "cat").iterdir().__next__().read_bytes())
+    with pytest.raises(DataError, match="cannot read image"):
+        load_dataset(str(tmp_path / "broken"), 0.2, 0)
+
+
+def test_keras_download_failure_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    def offline() -> None:
+        raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -3] no network")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataError, match="pass a local copy with --data"):
+        load_dataset(None, 0.2, 0)
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def test_published_parameter_counts() -> None:
+    from training.models import build_cnn, build_mlp
+
+    assert build_cnn().count_params() == 545_098
+    assert build_mlp().count_params() == 5_955_466
+
+
+def test_every_model_takes_uint8_and_gives_probabilities() -> None:
+    from training.models import build_cnn_bn, build_fast, whitening_filters
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    for model in (build_cnn_bn(), build_fast(whitening_filters(images))):
+        probabilities = model.predict(images, verbose=0)
+        assert probabilities.shape == (8, 10)
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, store_env: dict[str, str]) -> None:
+    run = tmp_path / "run"
+    result = train_cifar("--data", str(OFFICIAL), *QUICK, "--output", str(run), "--seed", "7", env=store_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test accuracy" in result.stdout and "545,098 parameters" in result.stdout
+    tag = saved_tag(result.stdout)
+    info = stored_model(tag, store_env)
+    meta = info["metadata"]
+    assert info["labels"] == {"architecture": "cnn", "optimizer": "adam", "framework": "keras"}
+    assert meta["class_names"][0] == "airplane" and meta["input_shape"] == [32, 32, 3]
+    assert meta["input_dtype"] == "uint8" and "inside the model" in meta["preprocessing"]
+    assert meta["architecture"] == "cnn" and meta["parameters"] == 545_098
+    assert meta["config"]["optimizer"] == "adam" and meta["config"]["lr"] == 0.001 and meta["config"]["seed"] == 7
+    assert meta["optimizer"]["name"] == "adam" and meta["optimizer"]["beta_1"] == 0.9
+    assert set(meta["metrics"]) >= {"test_accuracy", "test_loss", "train_accuracy", "best_val_accuracy", "epochs_run"}
+    assert meta["data"] == {"source": str(OFFICIAL), "train_size": 80, "val_size": 20, "test_size": 50}
+    assert {"tensorflow", "keras", "bentoml", "python"} <= set(meta["framework_versions"])
+    assert meta["training_time_s"] > 0
+    for name in ("config.json", "history.csv", "curves.png", "confusion_matrix.png", "report.json", "model.keras"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").rglob("*.v2"))
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["per_class"]["cat"]) == {"precision", "recall", "f1", "support"}
+    assert np.array(report["confusion_matrix"]).sum() == 50
+    history = (run / "history.csv").read_text().splitlines()
+    assert "learning_rate" in history[0] and len(history) == 2
+
+
+def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: dict[str, str]) -> None:
+    out = tmp_path / "compare"
+    result = train_cifar(
+        "--data", str(TREE), "--model", "mlp", *QUICK, "--optimizer", "adam", "--optimizer", "sgd",
+        "--optimizer", "rmsprop", "--optimizer", "adamw", "--output", str(out), env=store_env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "optimizer comparison" in result.stdout
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [row["optimizer"] for row in rows] == ["adam", "sgd", "rmsprop", "adamw"]
+    assert (out / "comparison.png").stat().st_size > 10_000
+    assert len(stored_models(store_env)) == 4
+    for row in rows:
+        assert stored_model(row["tag"], store_env)["labels"]["optimizer"] == row["optimizer"]
+    configs = [json.loads((out / o / "config.json").read_text()) for o in ("adam", "sgd")]
+    assert configs[0]["seed"] == configs[1]["seed"] and configs[1]["lr"] == 0.01
+
+
+def wait_for_epoch(state_file: Path, epoch: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_file.exists():
+            try:
+                if json.loads(state_file.read_text())["epoch"] >= epoch:
+                    return
+            except (json.JSONDecodeError, KeyError):
+                pass
+        time.sleep(0.05)
+    pytest.fail("the run did not reach the epoch to interrupt")
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, store_env: dict[str, str]) -> None:
+    run = tmp_path / "run"
+    args = ["--data", str(TREE), "--epochs", "6", "--batch-size", "4", "--early-stopping-patience", "0",
+            "--output", str(run)]
+    process = subprocess.Popen([*TRAIN_CIFAR, *args], cwd=ROOT, env=store_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_epoch(run / "checkpoints" / "state.json", 1, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads((run / "checkpoints" / "state.json").read_text())["epoch"]
+    assert done < 5, "the run finished before it was killed"
+    assert not stored_models(store_env), "a killed run must not have saved a model"
+
+    resumed = train_cifar("--resume", str(run), env=store_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"epoch {done + 2}/6" in resumed.stdout and "epoch 1/6" not in resumed.stdout
+    meta = stored_model(saved_tag(resumed.stdout), store_env)["metadata"]
+    assert meta["metrics"]["epochs_run"] == 6
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 6
+
+
+def test_ctrl_c_prints_the_resume_line(tmp_path: Path, store_env: dict[str, str]) -> None:
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [*TRAIN_CIFAR, "--data", str(TREE), "--epochs", "40", "--batch-size", "4", "--output", str(run),
+         "--early-stopping-patience", "0"],
+        cwd=ROOT, env=store_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for_epoch(run / "checkpoints" / "state.json", 0, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"train-cifar --resume {run}" in stdout
+    assert "Traceback" not in stderr
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path: Path, store_env: dict[str, str]) -> None:
+    run = tmp_path / "run"
+    env = {**store_env, "TRAIN_CIFAR_LOGICAL_CPUS": "2"}
+    result = train_cifar("--data", str(OFFICIAL), *QUICK, "--distribute", "mirrored", "--output", str(run), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "report.json").read_text())["devices"] == ["/cpu:0", "/cpu:1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/no/such/cifar"], "data path not found: /no/such/cifar"),
+        (["--data", str(FIXTURES / "make_fixtures.py")], "unknown data layout"),
+        (["--data", str(ROOT / "training")], "unknown data layout"),
+        (["--optimizer", "adagrad"], "Invalid value for '--optimizer'"),
+        (["--lr", "-1"], "invalid value for --lr"),
+        (["--validation-split", "1.5"], "invalid value for --validation-split"),
+        (["--epochs", "many"], "Invalid value for '--epochs'"),
+        (["--resume", "/no/such/run"], "run folder not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str, store_env: dict[str, str]) -> None:
+    result = train_cifar(*args, env=store_env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train-cifar: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_fails_before_training(tmp_path: Path, store_env: dict[str, str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = train_cifar("--data", str(OFFICIAL), "--output", str(blocker / "run"), env=store_env)
+    assert result.returncode == 2 and "cannot write the run folder" in result.stderr
+
+
+def test_failed_save_leaves_no_partial_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "home"))
+    code = (
+        "import bentoml, pathlib, sys\n"
+        "from training.store import save_model\n"
+        "try:\n"
+        "    save_model('half', pathlib.Path(sys.argv[1]), 'keras', {}, {})\n"
+        "except FileNotFoundError:\n"
+        "    pass\n"
+        "print(len(bentoml.models.list()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.keras")], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip().endswith("0"), result.stderr[-2000:]
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def legacy_model_script(kind: str, path: Path) -> str:
+    save_format = ", save_format='tf'" if kind == "savedmodel" else ""
+    return (
+        "import tf_keras as k\n"
+        "m = k.Sequential([k.layers.Input((32, 32, 3)), k.layers.Conv2D(4, 3, activation='relu'),"
+        " k.layers.GlobalAveragePooling2D(), k.layers.Dense(10, activation='softmax')])\n"
+        f"m.save(r'{path}'{save_format})\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["h5", "savedmodel", "keras"])
+def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store_env: dict[str, str]) -> None:
+    if kind == "keras":
+        path = tmp_path / "mine.keras"
+        code = (
+            "import keras\n"
+            "m = keras.Sequential([keras.Input((32, 32, 3), dtype='uint8'), keras.layers.Rescaling(1/255),"
+            " keras.layers.Flatten(), keras.layers.Dense(10, activation='softmax')])\n"
+            f"m.save(r'{path}')\n"
+        )
+    else:
+        path = tmp_path / ("legacy.h5" if kind == "h5" else "legacy_savedmodel")
+        code = legacy_model_script(kind, path)
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=store_env)
+    assert made.returncode == 0, made.stderr[-2000:]
+    result = train_cifar("import", str(path), "--data", str(OFFICIAL), "--name", "imported", env=store_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = stored_model("imported:latest", store_env)["metadata"]
+    expected_format = {"h5": "tf-keras-h5", "savedmodel": "tf-keras-savedmodel", "keras": "keras"}[kind]
+    assert meta["format"] == expected_format
+    assert meta["input_scaling"] == ("uint8" if kind == "keras" else "0-1")
+    assert 0 <= meta["metrics"]["test_accuracy"] <= 1 and meta["data"]["test_size"] == 50
+
+    check = subprocess.run(
+        [sys.executable, "-c", "import numpy as np; from training.store import load_predictor;"
+         "p = load_predictor('imported:latest'); print(p.predict(np.zeros((2, 32, 32, 3), np.uint8)).sum())"],
+        cwd=ROOT, capture_output=True, text=True, env=store_env,
+    )
+    assert check.returncode == 0 and abs(float(check.stdout.split()[-1]) - 2.0) < 1e-4, check.stderr[-2000:]
+
+
+def test_import_rejects_a_model_of_the_wrong_shape(tmp_path: Path, store_env: dict[str, str]) -> None:
+    path = tmp_path / "wrong.keras"
+    code = (
+        "import keras\n"
+        "m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])\n"
+        f"m.save(r'{path}')\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], env=store_env).returncode == 0
+    result = train_cifar("import", str(path), "--data", str(OFFICIAL), env=store_env)
+    assert result.returncode == 2 and "not 32x32x3 images" in result.stderr
+    missing = train_cifar("import", str(tmp_path / "nope.h5"), "--data", str(OFFICIAL), env=store_env)
+    assert missing.returncode == 2 and "model file not found" in missing.stderr

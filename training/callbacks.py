@@ -1,0 +1,130 @@
+"""Config -> Keras callbacks, and the per-epoch checkpoint that makes `--resume` exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from training.config import TrainConfig
+
+CHECKPOINT_FILE = "checkpoint.keras"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+STATE_FILE = "state.json"
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the learning rate of every epoch into the logs, so the history and CSV carry it."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Saves model + optimizer state and the callbacks' counters after every epoch, atomically.
+
+    Placed after EarlyStopping and ReduceLROnPlateau so that on resume it restores their
+    counters after their own `on_train_begin` has reset them.
+    """
+
+    def __init__(self, folder: Path, early_stopping: keras.callbacks.EarlyStopping | None,
+                 reduce_lr: keras.callbacks.ReduceLROnPlateau | None, resume_state: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.folder = folder
+        self.early_stopping = early_stopping
+        self.reduce_lr = reduce_lr
+        self.resume_state = resume_state
+        self.history: dict[str, list[float]] = dict(resume_state["history"]) if resume_state else {}
+        self.time_offset = float(resume_state.get("train_time_s", 0.0)) if resume_state else 0.0
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+        state = self.resume_state
+        if not state:
+            return
+        if self.early_stopping is not None and state.get("early_stopping"):
+            es = state["early_stopping"]
+            self.early_stopping.wait = es["wait"]
+            self.early_stopping.best = es["best"]
+            self.early_stopping.best_epoch = es["best_epoch"]
+            best_file = self.folder / BEST_WEIGHTS_FILE
+            if best_file.exists():
+                current = self.model.get_weights()
+                self.model.load_weights(best_file)
+                self.early_stopping.best_weights = self.model.get_weights()
+                self.model.set_weights(current)
+        if self.reduce_lr is not None and state.get("reduce_lr"):
+            rl = state["reduce_lr"]
+            self.reduce_lr.wait = rl["wait"]
+            self.reduce_lr.best = rl["best"]
+            self.reduce_lr.cooldown_counter = rl["cooldown_counter"]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {
+            "epoch": epoch,
+            "history": self.history,
+            "train_time_s": self.time_offset + time.perf_counter() - self.started,
+        }
+        es = self.early_stopping
+        if es is not None:
+            if es.best_epoch == epoch and es.best_weights is not None:
+                self._atomic_save_weights(es.best_weights)
+            state["early_stopping"] = {"wait": es.wait, "best": float(es.best), "best_epoch": es.best_epoch}
+            state["stopped"] = bool(self.model.stop_training)
+        if self.reduce_lr is not None:
+            rl = self.reduce_lr
+            state["reduce_lr"] = {"wait": rl.wait, "best": float(rl.best), "cooldown_counter": rl.cooldown_counter}
+        tmp_model = self.folder / f"tmp-{CHECKPOINT_FILE}"
+        self.model.save(tmp_model)
+        os.replace(tmp_model, self.folder / CHECKPOINT_FILE)
+        tmp_state = self.folder / f"{STATE_FILE}.tmp"
+        tmp_state.write_text(json.dumps(state))
+        os.replace(tmp_state, self.folder / STATE_FILE)
+
+    def _atomic_save_weights(self, weights: list[Any]) -> None:
+        current = self.model.get_weights()
+        self.model.set_weights(weights)
+        tmp = self.folder / f"tmp-{BEST_WEIGHTS_FILE}"
+        self.model.save_weights(tmp)
+        self.model.set_weights(current)
+        os.replace(tmp, self.folder / BEST_WEIGHTS_FILE)
+
+
+def read_resume_state(checkpoint_folder: Path) -> dict[str, Any] | None:
+    state_file = checkpoint_folder / STATE_FILE
+    if not state_file.exists() or not (checkpoint_folder / CHECKPOINT_FILE).exists():
+        return None
+    return json.loads(state_file.read_text())
+
+
+def build_callbacks(config: TrainConfig, run_dir: Path, resume_state: dict[str, Any] | None,
+                    progress: keras.callbacks.Callback | None = None) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [LearningRateLogger()]
+    early_stopping = reduce_lr = None
+    if config.uses_validation and config.early_stopping_patience:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True, verbose=1
+        )
+        callbacks.append(early_stopping)
+    if config.uses_validation and config.lr_schedule == "constant":
+        # a schedule owns the rate; ReduceLROnPlateau can only act on a constant one
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=config.reduce_lr_factor, patience=config.reduce_lr_patience,
+            min_lr=config.min_lr, verbose=1,
+        )
+        callbacks.append(reduce_lr)
+    callbacks.append(RunCheckpoint(run_dir / "checkpoints", early_stopping, reduce_lr, resume_state))
+    callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume_state is not None))
+    callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=1))
+    if progress is not None:
+        callbacks.append(progress)
+    return callbacks

@@ -1,0 +1,50 @@
+"""Devices, mixed precision and tf.distribute strategies, set up before any model is built."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import keras
+import tensorflow as tf
+
+from training.config import Distribute
+
+# For tests and CPU experiments: split the CPU into this many logical devices (a stand-in for GPUs).
+LOGICAL_CPUS_ENV = "TRAIN_CIFAR_LOGICAL_CPUS"
+
+
+@functools.cache
+def configure_devices() -> tuple[str, ...]:
+    """Turn on GPU memory growth (or split the CPU if asked); returns the devices training may use.
+
+    Must run before TensorFlow initialises its devices (before any op); cached, so later calls are free.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        return tuple(f"/gpu:{i}" for i in range(len(gpus)))
+    logical_cpus = max(1, int(os.environ.get(LOGICAL_CPUS_ENV, "1")))
+    if logical_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    return tuple(f"/cpu:{i}" for i in range(logical_cpus))
+
+
+def set_precision(requested: bool | None, on_gpu: bool) -> str:
+    """Mixed precision is on by default on a GPU (float16) and opt-in on a CPU (bfloat16)."""
+    enabled = on_gpu if requested is None else requested
+    policy = ("mixed_float16" if on_gpu else "mixed_bfloat16") if enabled else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def build_strategy(kind: Distribute, devices: tuple[str, ...]) -> tf.distribute.Strategy:
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=list(devices))
+    if kind == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--distribute multi-worker needs the TF_CONFIG environment variable of each worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()

@@ -1,0 +1,155 @@
+"""The BentoML model store: what training writes and serving reads, with one metadata schema."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import bentoml
+import numpy as np
+
+CIFAR10_CLASSES: list[str] = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+INPUT_SHAPE: list[int] = [32, 32, 3]
+INPUT_DTYPE = "uint8"
+
+# How a stored model file is loaded; "keras" files are Keras 3, the others come through tf-keras.
+FORMAT_FILES: dict[str, str] = {
+    "keras": "model.keras",
+    "tf-keras-h5": "model.h5",
+    "tf-keras-savedmodel": "saved_model",
+}
+# How the stored network expects its input; "uint8" means it scales inside itself.
+INPUT_SCALINGS: dict[str, tuple[float, float]] = {
+    "uint8": (1.0, 0.0),
+    "0-1": (1 / 255.0, 0.0),
+    "-1-1": (1 / 127.5, -1.0),
+}
+
+
+def framework_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    versions = {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "bentoml": bentoml.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import tf_keras
+
+        versions["tf_keras"] = tf_keras.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def without_none(value: Any) -> Any:
+    """BentoML metadata accepts no None: an unset choice is simply left out."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [without_none(v) for v in value if v is not None]
+    return value
+
+
+def save_model(
+    name: str,
+    model_file: Path,
+    model_format: str,
+    metadata: dict[str, Any],
+    labels: dict[str, str],
+) -> str:
+    """Copy a saved model file into a new store entry; returns its tag.
+
+    BentoML builds the entry in a temporary folder and moves it into the store only when
+    this block ends without error, so an interrupted save leaves no partial model behind.
+    """
+    target = FORMAT_FILES[model_format]
+    full_metadata = without_none({
+        "format": model_format,
+        "model_file": target,
+        "input_shape": INPUT_SHAPE,
+        "input_dtype": INPUT_DTYPE,
+        "framework_versions": framework_versions(),
+        **metadata,
+    })
+    with bentoml.models.create(name, labels=labels, metadata=full_metadata) as ref:
+        destination = Path(ref.path) / target
+        if model_file.is_dir():
+            shutil.copytree(model_file, destination)
+        else:
+            shutil.copyfile(model_file, destination)
+    return str(ref.tag)
+
+
+@dataclass
+class Predictor:
+    """A stored model ready for inference: uint8 (n, 32, 32, 3) in, class probabilities out."""
+
+    tag: str
+    metadata: dict[str, Any]
+    labels: dict[str, str]
+    predict: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata.get("class_names", CIFAR10_CLASSES))
+
+
+def load_network(path: Path, model_format: str) -> Any:
+    """Load a stored network file safely (no arbitrary code from the file)."""
+    if model_format == "keras":
+        import keras
+
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    import tf_keras
+
+    return tf_keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def compile_inference(network: Any, input_scaling: str, flip_tta: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """A traced inference function with a fixed uint8 signature: no per-call Python overhead."""
+    import tensorflow as tf
+
+    scale, offset = INPUT_SCALINGS[input_scaling]
+
+    def forward(images: tf.Tensor) -> tf.Tensor:
+        x = images if input_scaling == "uint8" else tf.cast(images, tf.float32) * scale + offset
+        probabilities = tf.cast(network(x, training=False), tf.float32)
+        if flip_tta:
+            flipped = tf.cast(network(tf.reverse(x, axis=[2]), training=False), tf.float32)
+            probabilities = (probabilities + flipped) / 2.0
+        return probabilities
+
+    traced = tf.function(
+        forward,
+        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)],
+        reduce_retracing=True,
+    )
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return traced(tf.constant(images, dtype=tf.uint8)).numpy()
+
+    return predict
+
+
+def load_predictor(tag: str) -> Predictor:
+    """Load `name:version` (or `name:latest`) from the store; raises bentoml's NotFound if absent."""
+    ref = bentoml.models.get(tag)
+    metadata = dict(ref.info.metadata)
+    model_format = metadata.get("format", "keras")
+    network = load_network(Path(ref.path) / FORMAT_FILES[model_format], model_format)
+    predict = compile_inference(
+        network,
+        input_scaling=metadata.get("input_scaling", "uint8"),
+        flip_tta=bool(metadata.get("flip_tta", False)),
+    )
+    return Predictor(tag=str(ref.tag), metadata=metadata, labels=dict(ref.info.labels), predict=predict)
