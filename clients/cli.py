@@ -1,0 +1,112 @@
+"""`cifar-client`: classify images with, or inspect, a running CIFAR-10 service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clients.client import CIFAR10Client, ServiceError, default_url
+
+app = typer.Typer(help="Client for the CIFAR-10 BentoML service.", no_args_is_help=True, add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+UrlOption = Annotated[
+    Optional[str], typer.Option("--url", help="service URL (default: $CIFAR10_URL or http://localhost:3000)")
+]
+TimeoutOption = Annotated[float, typer.Option("--timeout", help="seconds to wait for the server", min=0.1)]
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def _client(url: Optional[str], timeout: float) -> CIFAR10Client:
+    return CIFAR10Client(url or default_url(), timeout=timeout)
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="image files to classify (PNG, JPEG, GIF, BMP, WebP, TIFF)")],
+    url: UrlOption = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="how many best classes to show", min=1, max=10)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON answers instead of a table")] = False,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Classify one or more images (several go in one /classify_batch request)."""
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise _fail(f"no such file: {', '.join(missing)}")
+    try:
+        with _client(url, timeout) as client:
+            results = [client.classify(images[0], top_k)] if len(images) == 1 else client.classify_batch(images, top_k)
+    except ServiceError as exc:
+        raise _fail(f"server refused the request: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the service at {url or default_url()}: {exc}") from None
+    if as_json:
+        payload = [{"file": str(p), **r.model_dump()} for p, r in zip(images, results)]
+        typer.echo(json.dumps(payload if len(payload) > 1 else payload[0], indent=2))
+        return
+    table = Table(title=f"CIFAR-10 predictions ({results[0].model})")
+    table.add_column("file")
+    table.add_column("label", style="bold")
+    table.add_column("confidence", justify="right")
+    table.add_column(f"top {top_k}")
+    for path, result in zip(images, results):
+        ranked = ", ".join(f"{p.label} {p.probability:.1%}" for p in result.top_k)
+        table.add_row(path.name, result.label, f"{result.confidence:.1%}", ranked)
+    console.print(table)
+
+
+@app.command()
+def metadata(
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Show which model the service runs, how it was trained and where it infers."""
+    try:
+        with _client(url, timeout) as client:
+            info = client.metadata()
+    except ServiceError as exc:
+        raise _fail(f"server refused the request: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the service at {url or default_url()}: {exc}") from None
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    table = Table(title=f"Model {info.tag}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = {
+        "created": info.creation_time.isoformat(timespec="seconds"),
+        "architecture": f"{info.architecture} ({info.parameters:,} parameters)" if info.parameters else str(info.architecture),
+        "optimizer": str(info.config.get("optimizer", info.labels.get("optimizer", "?"))),
+        "test accuracy": _metric(info.metrics.get("test_accuracy")),
+        "classes": ", ".join(info.class_names),
+        "input": f"{info.input_shape} {info.input_dtype}",
+        "preprocessing": str(info.preprocessing),
+        "device": info.device,
+        "batching": f"max {info.batching.max_batch_size} images / {info.batching.max_latency_ms} ms, "
+        f"{info.batching.workers} worker(s)",
+        "versions": ", ".join(f"{k} {v}" for k, v in info.framework_versions.items()),
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _metric(value: object) -> str:
+    return f"{value:.2%}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,136 @@
+"""Typed clients (sync and async) for the CIFAR-10 service, built on httpx.
+
+They answer with the service's own pydantic models, so a schema change shows up on both sides.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import httpx
+from PIL import Image
+from pydantic import TypeAdapter
+
+from service.schemas import Classification, ModelMetadata
+
+ImageInput = Union[str, Path, bytes, Image.Image]
+DEFAULT_URL = "http://localhost:3000"
+_BATCH = TypeAdapter(list[Classification])
+
+
+def default_url() -> str:
+    return os.environ.get("CIFAR10_URL") or DEFAULT_URL
+
+
+class ServiceError(Exception):
+    """The server answered with an error; `message` is its one-line reason."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+def image_file(image: ImageInput, name: str = "image") -> tuple[str, bytes, str]:
+    """(filename, bytes, content type) for a path, raw bytes or a PIL image; the server sniffs the bytes."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return f"{name}.png", buffer.getvalue(), "image/png"
+    if isinstance(image, (bytes, bytearray)):
+        return name, bytes(image), "application/octet-stream"
+    path = Path(image)
+    return path.name, path.read_bytes(), "application/octet-stream"
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # BentoML wraps some errors in a list
+    message = body.get("error") if isinstance(body, dict) else None
+    raise ServiceError(response.status_code, str(message or response.text.strip() or response.reason_phrase))
+
+
+def _batch_files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", image_file(image, f"image{i}")) for i, image in enumerate(images)]
+
+
+class CIFAR10Client:
+    """Blocking client: `CIFAR10Client().classify("cat.jpg").label`."""
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def classify(self, image: ImageInput, top_k: int = 3) -> Classification:
+        files = {"image": image_file(image)}
+        response = _check(self._http.post("/classify", files=files, data={"top_k": str(top_k)}))
+        return Classification.model_validate_json(response.content)
+
+    def classify_batch(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Classification]:
+        response = _check(self._http.post("/classify_batch", files=_batch_files(images), data={"top_k": str(top_k)}))
+        return _BATCH.validate_json(response.content)
+
+    def metadata(self) -> ModelMetadata:
+        return ModelMetadata.model_validate_json(_check(self._http.get("/metadata")).content)
+
+    def ready(self) -> bool:
+        """True when the server answers /readyz with 200; False when it is down or still loading."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CIFAR10Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCIFAR10Client:
+    """The asyncio twin of CIFAR10Client: same methods, awaited."""
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def classify(self, image: ImageInput, top_k: int = 3) -> Classification:
+        files = {"image": image_file(image)}
+        response = _check(await self._http.post("/classify", files=files, data={"top_k": str(top_k)}))
+        return Classification.model_validate_json(response.content)
+
+    async def classify_batch(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Classification]:
+        files = _batch_files(images)
+        response = _check(await self._http.post("/classify_batch", files=files, data={"top_k": str(top_k)}))
+        return _BATCH.validate_json(response.content)
+
+    async def metadata(self) -> ModelMetadata:
+        return ModelMetadata.model_validate_json(_check(await self._http.get("/metadata")).content)
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncCIFAR10Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

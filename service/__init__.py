@@ -1,0 +1,1 @@
+"""The CIFAR-10 BentoML service: HTTP API, image decoding, micro-batching."""

@@ -1,0 +1,44 @@
+"""Start-up without a model, and `bentoml build` of the service with the model recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import PROJECT_ROOT, ModelStore, start_server, stop_server
+
+
+def test_missing_model_fails_with_one_line(cifar_model_store: ModelStore, tmp_path: Path) -> None:
+    server = start_server(cifar_model_store, tmp_path / "serve.log", timeout=90, CIFAR10_MODEL="cifar10-cnn:doesnotexist")
+    try:
+        assert server.process.wait(timeout=60) != 0
+    finally:
+        stop_server(server)
+    lines = [line for line in server.log_text().splitlines() if "doesnotexist" in line]
+    assert len(lines) == 1, server.log_text()
+    assert "cifar10-cnn:doesnotexist" in lines[0] and "train-cifar --optimizer adam" in lines[0]
+    assert "Traceback" not in server.log_text()
+
+
+def test_bento_build_holds_model_and_dockerfile(cifar_model_store: ModelStore) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    bento = cifar_model_store.home / "bentos" / name / version
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    models = [m["tag"] for svc in info["services"] for m in svc["models"]]
+    assert models == [cifar_model_store.tag]
+    assert info["service"] == "service.service:CIFAR10Classifier"
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM python:3.11" in dockerfile
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "tensorflow" in requirements and "pillow" in requirements
+    assert (bento / "src" / "service" / "service.py").is_file() and (bento / "src" / "training" / "store.py").is_file()
+    assert not (bento / "src" / "clients").exists()

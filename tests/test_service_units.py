@@ -1,0 +1,154 @@
+"""Unit tests of the service's parts that need no server: images, batcher, device, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.batching import MicroBatcher, power_of_two_sizes
+from service.device import configure_device, gpu_count
+from service.http import validation_message
+from service.images import ImageError, decode_image
+from service.settings import Settings, model_tag
+
+
+@pytest.mark.parametrize("name", ["png", "jpeg", "gif", "bmp", "webp", "tiff", "mode_l", "mode_la", "mode_p", "mode_rgba", "mode_cmyk", "mode_16bit", "large"])
+def test_decode_every_format_and_mode(image_bytes: dict[str, bytes], name: str) -> None:
+    array = decode_image(image_bytes[name], max_pixels=10_000_000)
+    assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+
+
+def test_decode_keeps_colour_and_scales_16_bit() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(buffer, "PNG")
+    assert decode_image(buffer.getvalue(), 10**7)[16, 16].tolist() == [200, 30, 30]
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((10, 10), 32768, dtype=np.uint16)).save(buffer, "PNG")
+    assert abs(int(decode_image(buffer.getvalue(), 10**7)[0, 0, 0]) - 128) <= 1  # not clipped to 255
+
+
+def test_decode_transparency_goes_over_white() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buffer, "PNG")
+    assert decode_image(buffer.getvalue(), 10**7).min() == 255
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [(b"", 400), (b"hello", 415), (b"\x89PNG\r\n\x1a\n" + bytes(30), 415)],
+)
+def test_decode_errors(data: bytes, status: int) -> None:
+    with pytest.raises(ImageError) as info:
+        decode_image(data, 10**6)
+    assert info.value.status_code == status
+
+
+def test_decode_pixel_limit_checked_before_decoding() -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (14000, 14000)).save(buffer, "PNG")  # 196 MP in a few kB: over Pillow's own bomb limit too
+    with pytest.raises(ImageError, match="pixels"):
+        decode_image(buffer.getvalue(), 10**6)
+
+
+def test_power_of_two_sizes() -> None:
+    assert power_of_two_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert power_of_two_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert power_of_two_sizes(1) == [1]
+
+
+def test_batcher_groups_concurrent_requests_and_keeps_order() -> None:
+    calls: list[int] = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return images[:, 0, 0, :1].astype(np.float32).repeat(10, axis=1)
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(predict, max_batch_size=8, max_latency_ms=50, observe_batch=lambda n: None)
+        requests = [np.full((1, 32, 32, 3), i, dtype=np.uint8) for i in range(20)]
+        try:
+            return await asyncio.gather(*(batcher.predict(r) for r in requests))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(run())
+    assert [int(r[0, 0]) for r in results] == list(range(20))
+    assert sum(calls) == 20 and max(calls) <= 8 and len(calls) < 20
+
+
+def test_batcher_splits_large_requests_and_reports_errors() -> None:
+    sizes: list[int] = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        if images[0, 0, 0, 0] == 255:
+            raise RuntimeError("boom")
+        return np.zeros((len(images), 10), np.float32)
+
+    async def run() -> None:
+        batcher = MicroBatcher(predict, max_batch_size=4, max_latency_ms=1, observe_batch=sizes.append)
+        assert (await batcher.predict(np.zeros((10, 32, 32, 3), np.uint8))).shape == (10, 10)
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.predict(np.full((1, 32, 32, 3), 255, np.uint8))
+        assert (await batcher.predict(np.zeros((1, 32, 32, 3), np.uint8))).shape == (1, 10)  # still serving
+        await batcher.close()
+
+    asyncio.run(run())
+    assert sizes[:3] == [4, 4, 2]
+
+
+class FakeTF:
+    """Just the tf.config surface configure_device uses: no GPU exists here."""
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.visible: list[str] = []
+        self.growth: list[str] = []
+        experimental = SimpleNamespace(
+            set_memory_growth=lambda gpu, on: self.growth.append(gpu),
+            get_device_details=lambda gpu: {"device_name": f"NVIDIA Fake {gpu[-1]}"},
+        )
+        self.config = SimpleNamespace(
+            list_physical_devices=lambda kind: [SimpleNamespace(name=g) for g in gpus] and gpus,
+            set_visible_devices=lambda devices, kind: self.visible.extend(devices),
+            experimental=experimental,
+        )
+
+
+@pytest.mark.parametrize("worker_index, expected", [(1, "GPU:0"), (2, "GPU:1"), (3, "GPU:0"), (None, "GPU:0")])
+def test_one_gpu_per_worker_with_memory_growth(worker_index: int | None, expected: str) -> None:
+    tf = FakeTF(["GPU:0", "GPU:1"])
+    device = configure_device(worker_index, tf=tf)
+    assert tf.visible == [expected] and tf.growth == [expected]
+    assert device.type == "GPU" and str(device) == f"GPU: NVIDIA Fake {expected[-1]}"
+
+
+def test_cpu_when_no_gpu() -> None:
+    device = configure_device(1, tf=FakeTF([]))
+    assert device.type == "CPU" and str(device).startswith("CPU: ")
+
+
+def test_gpu_count_follows_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert gpu_count() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpu_count() == 0
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFAR10_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("CIFAR10_MODEL", "cifar10-cnn-sgd")
+    settings = Settings.from_env()
+    assert settings.max_batch_size == 16 and settings.max_body_bytes == 10 * 1024 * 1024
+    assert model_tag() == "cifar10-cnn-sgd:latest"
+    monkeypatch.setenv("CIFAR10_MAX_BATCH_SIZE", "lots")
+    with pytest.raises(ValueError, match="CIFAR10_MAX_BATCH_SIZE"):
+        Settings.from_env()
+
+
+def test_validation_message_is_one_line() -> None:
+    errors = [{"loc": ["top_k"], "msg": "Input should be less than or equal to 10"}, {"loc": ["image"], "msg": "Field required"}]
+    assert validation_message(errors) == "top_k: Input should be less than or equal to 10; image: Field required"
