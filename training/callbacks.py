@@ -66,14 +66,13 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.reduce_lr.cooldown_counter = rl["cooldown_counter"]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        for key, value in (logs or {}).items():
+        logs = logs if logs is not None else {}
+        elapsed = self.time_offset + time.perf_counter() - self.started
+        logs["elapsed_s"] = elapsed  # training seconds so far, for accuracy-against-time curves
+        for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
         self.folder.mkdir(parents=True, exist_ok=True)
-        state: dict[str, Any] = {
-            "epoch": epoch,
-            "history": self.history,
-            "train_time_s": self.time_offset + time.perf_counter() - self.started,
-        }
+        state: dict[str, Any] = {"epoch": epoch, "history": self.history, "train_time_s": elapsed}
         es = self.early_stopping
         if es is not None:
             if es.best_epoch == epoch and es.best_weights is not None:

@@ -15,7 +15,7 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.op
     if config.lr_schedule == "one-cycle":
         warmup = max(1, total_steps // 5)
         return keras.optimizers.schedules.CosineDecay(
-            config.lr / 10, decay_steps=total_steps - warmup, warmup_target=config.lr, warmup_steps=warmup
+            config.lr / 10, decay_steps=max(1, total_steps - warmup), warmup_target=config.lr, warmup_steps=warmup
         )
     return config.lr
 
