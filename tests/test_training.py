@@ -269,8 +269,40 @@ def test_unwritable_output_fails_before_training(tmp_path: Path, store_env: dict
     assert result.returncode == 2 and "cannot write the run folder" in result.stderr
 
 
-def test_failed_save_leaves_no_partial_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "home"))
+SAVE_BIG_MODEL = (
+    "import pathlib, sys\n"
+    "from training.store import save_model\n"
+    "big = pathlib.Path(sys.argv[1])\n"
+    "print(save_model('big', big, 'keras', {'class_names': list('abcdefghij')}, {}), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_killed_save_leaves_the_whole_model_or_none(delay: float, tmp_path: Path, store_env: dict[str, str]) -> None:
+    big = tmp_path / "big.keras"
+    big.write_bytes(os.urandom(1024 * 1024) * 150)  # 150 MB: the copy takes a noticeable time
+    process = subprocess.Popen([sys.executable, "-c", SAVE_BIG_MODEL, str(big)], cwd=ROOT, env=store_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = Path(store_env["BENTOML_HOME"]) / "cifar-serve-staging"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None and not any(staging.glob("*/big")):
+        time.sleep(0.005)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for model in stored_models(store_env):  # the store still lists, and what it lists is complete
+        shown = stored_model(model["tag"], store_env)
+        assert shown["metadata"]["model_file"] == "model.keras"
+        stored_file = Path(store_env["BENTOML_HOME"]) / "models" / "big" / model["tag"].split(":")[1] / "model.keras"
+        assert stored_file.stat().st_size == big.stat().st_size
+    # the next save cleans up what the killed one left in staging
+    result = subprocess.run([sys.executable, "-c", SAVE_BIG_MODEL, str(big)], cwd=ROOT, env=store_env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list(staging.iterdir())
+
+
+def test_failed_save_leaves_no_partial_model(tmp_path: Path, store_env: dict[str, str]) -> None:
     code = (
         "import bentoml, pathlib, sys\n"
         "from training.store import save_model\n"
@@ -281,7 +313,7 @@ def test_failed_save_leaves_no_partial_model(tmp_path: Path, monkeypatch: pytest
         "print(len(bentoml.models.list()))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.keras")], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            capture_output=True, text=True, env=store_env)
     assert result.stdout.strip().endswith("0"), result.stderr[-2000:]
 
 

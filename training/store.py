@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import bentoml
 import numpy as np
+from bentoml._internal.models.model import ModelStore  # a staging store for atomic saves
 
 CIFAR10_CLASSES: list[str] = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -69,8 +72,9 @@ def save_model(
 ) -> str:
     """Copy a saved model file into a new store entry; returns its tag.
 
-    BentoML builds the entry in a temporary folder and moves it into the store only when
-    this block ends without error, so an interrupted save leaves no partial model behind.
+    The entry is built complete in a staging folder beside the store (same file system) and moved
+    in with one rename, so a save that is interrupted at any point, even by SIGKILL, leaves either
+    the whole model in the store or nothing.
     """
     target = FORMAT_FILES[model_format]
     full_metadata = without_none({
@@ -81,13 +85,55 @@ def save_model(
         "framework_versions": framework_versions(),
         **metadata,
     })
-    with bentoml.models.create(name, labels=labels, metadata=full_metadata) as ref:
-        destination = Path(ref.path) / target
-        if model_file.is_dir():
-            shutil.copytree(model_file, destination)
-        else:
-            shutil.copyfile(model_file, destination)
-    return str(ref.tag)
+    store_dir = model_store_dir()
+    staging = staging_dir(store_dir)
+    try:
+        with bentoml.models.create(
+            name, labels=labels, metadata=full_metadata, _model_store=ModelStore(staging)
+        ) as ref:
+            destination = Path(ref.path) / target
+            if model_file.is_dir():
+                shutil.copytree(model_file, destination)
+            else:
+                shutil.copyfile(model_file, destination)
+        tag = ref.tag
+        (store_dir / tag.name).mkdir(parents=True, exist_ok=True)
+        os.rename(staging / tag.path(), store_dir / tag.path())
+        latest = store_dir / tag.latest_path()
+        latest.with_suffix(".tmp").write_text(str(tag.version))
+        os.replace(latest.with_suffix(".tmp"), latest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(tag)
+
+
+def model_store_dir() -> Path:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store_dir.get())
+
+
+def staging_dir(store_dir: Path) -> Path:
+    """A fresh staging folder for this save; leftovers of killed saves are removed first."""
+    root = store_dir.parent / "cifar-serve-staging"
+    if root.is_dir():
+        for leftover in root.iterdir():
+            pid = leftover.name.split("-")[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+    folder = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
