@@ -373,3 +373,17 @@ def test_import_rejects_a_model_of_the_wrong_shape(tmp_path: Path, store_env: di
     assert result.returncode == 2 and "not 32x32x3 images" in result.stderr
     missing = train_cifar("import", str(tmp_path / "nope.h5"), "--data", str(OFFICIAL), env=store_env)
     assert missing.returncode == 2 and "model file not found" in missing.stderr
+
+
+def test_a_nearly_full_disk_is_refused_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk cannot be made here without root mounts; the check reads shutil.disk_usage."""
+    from collections import namedtuple
+
+    from training import train
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(train.RunError, match="not enough disk space"):
+        train.check_disk_space([tmp_path / "run"], parameters=545_098)
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10**12, 0, 10**12))
+    train.check_disk_space([tmp_path / "run"], parameters=545_098)

@@ -11,7 +11,6 @@ from pathlib import Path
 from enum import Enum
 from typing import Annotated, Optional, get_args
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -36,6 +35,10 @@ Optimizer = Enum("Optimizer", {name: name for name in get_args(OptimizerName)}, 
 Schedule = Enum("Schedule", {name: name for name in get_args(ScheduleName)}, type=str)
 Strategy = Enum("Strategy", {name: name for name in get_args(Distribute)}, type=str)
 Scaling = Enum("Scaling", {name: name for name in ("auto", "uint8", "0-1", "-1-1")}, type=str)
+
+
+# click's UsageError, wherever Typer takes click from (recent Typer vendors its own copy)
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
 
 class UserError(Exception):
@@ -248,12 +251,12 @@ def main() -> None:
     """Entry point: usage and user errors become one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as error:
+    except UsageError as error:
         print(f"train-cifar: error: {error.format_message()}", file=sys.stderr)
         sys.exit(2)
     except UserError as error:
         print(f"train-cifar: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +55,24 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
         (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     except OSError as error:
         raise RunError(f"cannot write the run folder {run_dir}: {error.strerror or error}") from None
+
+
+def needed_disk_bytes(parameters: int) -> int:
+    """Room for a run's files: checkpoint with optimizer slots, best weights, final model, logs."""
+    return parameters * 4 * 6 + 50 * 1024 * 1024
+
+
+def check_disk_space(folders: list[Path], parameters: int) -> None:
+    """Fail before training, not after, when a folder the run writes to is nearly full."""
+    needed = needed_disk_bytes(parameters)
+    for folder in folders:
+        existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free
+        if free < needed:
+            raise RunError(
+                f"not enough disk space for {folder}: about {needed / 2**20:.0f} MiB needed, "
+                f"{free / 2**20:.0f} MiB free"
+            )
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -135,11 +155,20 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, r
     callbacks = build_callbacks(config, run_dir, resume_state, progress)
     checkpoint = next(c for c in callbacks if hasattr(c, "resume_state"))
 
+    check_disk_space([run_dir, store.model_store_dir()], int(model.count_params()))
     started = time.perf_counter()
     finished_before = resume_state is not None and (resume_state.get("stopped") or initial_epoch >= config.epochs)
     if not finished_before:
-        model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=0)
+        try:
+            model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=0)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                raise
+            raise RunError(
+                f"cannot write the run's files ({error.strerror}); the last finished epoch is kept: "
+                f"free space or fix permissions, then: train-cifar --resume {run_dir}"
+            ) from None
     elif checkpoint.early_stopping is not None and checkpoint.early_stopping.best_weights is not None:
         model.set_weights(checkpoint.early_stopping.best_weights)
     train_time = previous_time + time.perf_counter() - started
