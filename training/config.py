@@ -15,7 +15,17 @@ Distribute = Literal["none", "mirrored", "multi-worker"]
 # Published settings of each recipe; a flag the user leaves unset takes these.
 RECIPE_DEFAULTS: dict[str, dict[str, object]] = {
     "cnn": {"epochs": 50, "batch_size": 64, "l2": 1e-3, "dropout": 0.5, "augment": False},
-    "cnn-bn": {"epochs": 60, "batch_size": 64, "l2": 1e-4, "dropout": 0.3, "augment": True},
+    "cnn-bn": {
+        "epochs": 30,
+        "batch_size": 128,
+        "l2": 1e-4,
+        "dropout": 0.25,
+        "augment": True,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "lr_schedule": "one-cycle",
+        "label_smoothing": 0.1,
+    },
     "mlp": {"epochs": 30, "batch_size": 128, "l2": 0.0, "dropout": 0.2, "augment": False},
     "fast": {
         "epochs": 10,

@@ -108,11 +108,23 @@ def conv_pool_block(x: keras.KerasTensor, filters: int, l2: float) -> keras.Kera
     """airbench's block: conv, pool, BN (frozen scale), GELU, conv, BN, GELU."""
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=regularizers.l2(l2))(x)
     x = layers.MaxPooling2D()(x)
-    x = layers.BatchNormalization(scale=False, momentum=0.6, epsilon=1e-12)(x)
+    x = layers.BatchNormalization(scale=False, momentum=0.4, epsilon=1e-12)(x)  # PyTorch momentum 0.6
     x = layers.Activation("gelu")(x)
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=regularizers.l2(l2))(x)
-    x = layers.BatchNormalization(scale=False, momentum=0.6, epsilon=1e-12)(x)
+    x = layers.BatchNormalization(scale=False, momentum=0.4, epsilon=1e-12)(x)
     return layers.Activation("gelu")(x)
+
+
+def dirac_init(conv: layers.Conv2D) -> None:
+    """Make the first filters of a 3x3 convolution an identity (an implicit residual), as airbench does.
+
+    Set on the weights rather than through a custom initializer, so the saved model needs no custom code.
+    """
+    kernel = conv.get_weights()[0]
+    channels = min(kernel.shape[2], kernel.shape[3])
+    kernel[:, :, :, :channels] = 0.0
+    kernel[1, 1, np.arange(channels), np.arange(channels)] = 1.0
+    conv.set_weights([kernel])
 
 
 def build_fast(
@@ -141,4 +153,8 @@ def build_fast(
     x = layers.Dense(num_classes, use_bias=False, name="logits")(x)
     x = layers.Rescaling(1 / 9.0, name="temperature")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="fast")
+    model = keras.Model(inputs, outputs, name="fast")
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D) and layer.trainable and layer.kernel_size == (3, 3):
+            dirac_init(layer)
+    return model

@@ -32,9 +32,20 @@ def configure_devices() -> tuple[str, ...]:
     return tuple(f"/cpu:{i}" for i in range(logical_cpus))
 
 
-def set_precision(requested: bool | None, on_gpu: bool) -> str:
-    """Mixed precision is on by default on a GPU (float16) and opt-in on a CPU (bfloat16)."""
-    enabled = on_gpu if requested is None else requested
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic (AVX512-BF16 or AMX), where mixed precision roughly doubles CPU speed."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def set_precision(requested: bool | None, on_gpu: bool, cpu_default: bool = False) -> str:
+    """Mixed precision: on by default on a GPU (float16); on a CPU (bfloat16) when asked, or by
+    default for recipes that want it (`cpu_default`) where the CPU has native bfloat16."""
+    enabled = requested if requested is not None else (on_gpu or (cpu_default and cpu_has_bf16()))
     policy = ("mixed_float16" if on_gpu else "mixed_bfloat16") if enabled else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy

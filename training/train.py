@@ -24,6 +24,8 @@ from training.models import PREPROCESSING, build_cnn, build_cnn_bn, build_fast, 
 from training.optimizers import build_optimizer, optimizer_summary
 from training.progress import RichProgress
 
+# Recipes that default to bfloat16 mixed precision on CPUs that compute it natively.
+BF16_ON_CPU = {"fast"}
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
 MODEL_FILE = "model.keras"
@@ -123,7 +125,7 @@ def evaluate(model: keras.Model, config: TrainConfig, data: Dataset) -> dict[str
 def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, resume: bool = False) -> RunResult:
     devices = scale.configure_devices()
     on_gpu = devices[0].startswith("/gpu")
-    policy = scale.set_precision(config.mixed_precision, on_gpu)
+    policy = scale.set_precision(config.mixed_precision, on_gpu, cpu_default=config.model in BF16_ON_CPU)
     strategy = scale.build_strategy(config.distribute, devices)
     keras.utils.set_random_seed(config.seed)
 
