@@ -21,6 +21,10 @@ UrlOption = Annotated[
     Optional[str], typer.Option("--url", help="service URL (default: $CIFAR10_URL or http://localhost:3000)")
 ]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="seconds to wait for the server", min=0.1)]
+ApiKeyOption = Annotated[
+    Optional[str],
+    typer.Option("--api-key", envvar="CIFAR10_API_KEY", show_envvar=True, help="API key, sent as 'Authorization: Bearer <key>'"),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -28,8 +32,8 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _client(url: Optional[str], timeout: float) -> CIFAR10Client:
-    return CIFAR10Client(url or default_url(), timeout=timeout)
+def _client(url: Optional[str], timeout: float, api_key: Optional[str]) -> CIFAR10Client:
+    return CIFAR10Client(url or default_url(), timeout=timeout, api_key=api_key or "")
 
 
 @app.command()
@@ -39,13 +43,14 @@ def classify(
     top_k: Annotated[int, typer.Option("--top-k", help="how many best classes to show", min=1, max=10)] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON answers instead of a table")] = False,
     timeout: TimeoutOption = 30.0,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Classify one or more images (several go in one /classify_batch request)."""
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise _fail(f"no such file: {', '.join(missing)}")
     try:
-        with _client(url, timeout) as client:
+        with _client(url, timeout, api_key) as client:
             results = [client.classify(images[0], top_k)] if len(images) == 1 else client.classify_batch(images, top_k)
     except ServiceError as exc:
         raise _fail(f"server refused the request: {exc}") from None
@@ -71,10 +76,11 @@ def metadata(
     url: UrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
     timeout: TimeoutOption = 30.0,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show which model the service runs, how it was trained and where it infers."""
     try:
-        with _client(url, timeout) as client:
+        with _client(url, timeout, api_key) as client:
             info = client.metadata()
     except ServiceError as exc:
         raise _fail(f"server refused the request: {exc}") from None

@@ -26,6 +26,16 @@ def default_url() -> str:
     return os.environ.get("CIFAR10_URL") or DEFAULT_URL
 
 
+def default_api_key() -> str | None:
+    return os.environ.get("CIFAR10_API_KEY", "").strip() or None
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The Authorization header for a key (None: $CIFAR10_API_KEY; '' or unset: no header)."""
+    key = default_api_key() if api_key is None else api_key.strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class ServiceError(Exception):
     """The server answered with an error; `message` is its one-line reason."""
 
@@ -65,11 +75,14 @@ def _batch_files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, byt
 
 
 class CIFAR10Client:
-    """Blocking client: `CIFAR10Client().classify("cat.jpg").label`."""
+    """Blocking client: `CIFAR10Client().classify("cat.jpg").label`.
 
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+    `api_key` is sent as `Authorization: Bearer <key>` (default: $CIFAR10_API_KEY, if set).
+    """
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0, api_key: str | None = None) -> None:
         self.url = (url or default_url()).rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=auth_headers(api_key))
 
     def classify(self, image: ImageInput, top_k: int = 3) -> Classification:
         files = {"image": image_file(image)}
@@ -103,9 +116,9 @@ class CIFAR10Client:
 class AsyncCIFAR10Client:
     """The asyncio twin of CIFAR10Client: same methods, awaited."""
 
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, timeout: float = 30.0, api_key: str | None = None) -> None:
         self.url = (url or default_url()).rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=auth_headers(api_key))
 
     async def classify(self, image: ImageInput, top_k: int = 3) -> Classification:
         files = {"image": image_file(image)}

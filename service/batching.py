@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+class BatcherClosed(RuntimeError):
+    """predict() after close() began: the worker is shutting down."""
+
+
+_STOP = object()  # queued by close(): everything queued before it still runs
+
+
 @dataclass
 class _Item:
     images: np.ndarray
@@ -55,11 +62,14 @@ class MicroBatcher:
         self.max_latency_s = max_latency_ms / 1000.0
         self.observe_batch = observe_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar10-inference")
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queue: asyncio.Queue[Any] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for images (n, 32, 32, 3); large requests are split into full batches."""
+        if self._closing:
+            raise BatcherClosed("the server is shutting down; retry on another replica")
         if self._consumer is None or self._consumer.done():
             self._queue = asyncio.Queue()
             self._consumer = asyncio.get_running_loop().create_task(self._consume())
@@ -77,9 +87,12 @@ class MicroBatcher:
         assert self._queue is not None
         queue = self._queue
         carry: _Item | None = None
-        while True:
+        stop = False
+        while not stop:
             first = carry if carry is not None else await queue.get()
             carry = None
+            if first is _STOP:
+                return
             batch, count = [first], len(first.images)
             deadline = asyncio.get_running_loop().time() + self.max_latency_s
             while count < self.max_batch_size:
@@ -93,6 +106,9 @@ class MicroBatcher:
                         item = await asyncio.wait_for(queue.get(), remaining)
                     except TimeoutError:
                         break
+                if item is _STOP:  # run what was gathered, then end
+                    stop = True
+                    break
                 if count + len(item.images) > self.max_batch_size:
                     carry = item  # starts the next batch
                     break
@@ -123,12 +139,30 @@ class MicroBatcher:
                 item.future.set_result(probabilities[start:end])
             start = end
 
-    async def close(self) -> None:
-        """Stop the consumer and the inference thread (server shutdown)."""
-        if self._consumer is not None:
-            self._consumer.cancel()
+    async def close(self, timeout: float = 30.0) -> None:
+        """Drain, then stop (server shutdown): new calls get BatcherClosed, queued ones still run.
+
+        Requests waiting after `timeout` seconds get BatcherClosed instead of hanging.
+        """
+        self._closing = True
+        consumer = self._consumer
+        if consumer is not None and not consumer.done():
+            assert self._queue is not None
+            self._queue.put_nowait(_STOP)
             try:
-                await self._consumer
-            except (asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(consumer), timeout)
+            except TimeoutError:
+                logger.warning("micro-batcher did not drain in %.0f s; failing what is left", timeout)
+                consumer.cancel()
+            except Exception:
                 pass
+            self._fail_pending()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _fail_pending(self) -> None:
+        if self._queue is None:
+            return
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not _STOP and not item.future.done():
+                item.future.set_exception(BatcherClosed("the server shut down before this request ran"))

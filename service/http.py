@@ -15,10 +15,13 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 DRAIN_FACTOR = 4  # read (and drop) up to this many times the limit so the client sees the 413
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    all_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    all_headers += headers or []
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -37,7 +40,7 @@ class LimitsMiddleware:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             if declared <= DRAIN_FACTOR * self.max_body_bytes:
-                await _drain(receive, declared)
+                await drain(receive, declared)
             await send_json(send, 413, {"error": f"{too_large} (Content-Length {declared})"})
             return
         body = bytearray()
@@ -47,12 +50,12 @@ class LimitsMiddleware:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_body_bytes:
-                await _drain(receive, DRAIN_FACTOR * self.max_body_bytes - len(body))
+                await drain(receive, DRAIN_FACTOR * self.max_body_bytes - len(body))
                 await send_json(send, 413, {"error": too_large})
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(bytes(body), receive), _rewrite_validation_errors(send))
+        await self.app(scope, _replay(bytes(body), receive), _rewrite_validation_errors(send, scope["path"]))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -65,7 +68,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _drain(receive: Receive, budget: int) -> None:
+async def drain(receive: Receive, budget: int) -> None:
     """Read the rest of the body (up to budget bytes) so the client is not cut off mid-upload."""
     while budget > 0:
         message = await receive()
@@ -87,7 +90,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _rewrite_validation_errors(send: Send) -> Send:
+def _rewrite_validation_errors(send: Send, path: str = "") -> Send:
     """Turn BentoML's '1 validation error for Input' into 'top_k: Input should be <= 10'."""
     held: Message | None = None
     chunks: list[bytes] = []
@@ -103,7 +106,7 @@ def _rewrite_validation_errors(send: Send) -> Send:
         chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        data = _one_line_validation(b"".join(chunks))
+        data = _one_line_validation(b"".join(chunks), path)
         headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(data)).encode()))
         await send({**held, "headers": headers})
@@ -112,23 +115,29 @@ def _rewrite_validation_errors(send: Send) -> Send:
     return wrapped
 
 
-def _one_line_validation(data: bytes) -> bytes:
+def _one_line_validation(data: bytes, path: str = "") -> bytes:
     try:
         body = json.loads(data)
     except ValueError:
         return data
     if not isinstance(body, dict) or not isinstance(body.get("detail"), list):
         return data
-    body["error"] = validation_message(body["detail"]) or body.get("error", "invalid request")
+    body["error"] = validation_message(body["detail"], path) or body.get("error", "invalid request")
     return json.dumps(body).encode()
 
 
-def validation_message(errors: list[dict[str, Any]]) -> str:
+UPLOAD_PATHS = ("/classify", "/classify_batch")
+
+
+def validation_message(errors: list[dict[str, Any]], path: str = "/classify") -> str:
     """One line from pydantic error dicts: 'field: what is wrong; other: ...'."""
     parts = []
     for error in errors:
         if error.get("type") == "json_invalid":
-            parts.append("expected a multipart/form-data body (e.g. curl -F image=@cat.jpg)")
+            if path.rstrip("/") in UPLOAD_PATHS:
+                parts.append("expected a multipart/form-data body (e.g. curl -F image=@cat.jpg)")
+            else:
+                parts.append("expected an empty body or a JSON object")
             continue
         loc = ".".join(str(p) for p in error.get("loc", ()))
         msg = str(error.get("msg", "invalid"))

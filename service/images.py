@@ -35,7 +35,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(f"not a supported image (or its header is corrupt): expected {FORMAT_LIST}", 415) from None
+        raise _unidentified(data) from None
     except Image.DecompressionBombError:
         raise ImageError(f"image has too many pixels (limit {max_pixels})") from None
     except Exception as exc:  # Pillow raises many types for malformed headers
@@ -46,6 +46,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             raise ImageError(
                 f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
             )
+        if image.format == "PNG":
+            _verify_png(data)
         try:
             image.draft("RGB", (SIZE[0] * 4, SIZE[1] * 4))  # JPEG: decode at reduced scale, much faster
             image.load()
@@ -56,6 +58,52 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         except Exception as exc:
             raise ImageError(f"could not decode {image.format} image (truncated or corrupt?): {_reason(exc)}") from None
     return np.asarray(small, dtype=np.uint8)
+
+
+# Leading bytes of the formats we accept: a file that starts like one but that Pillow cannot open
+# is a corrupt (or unsupported variant of a) known format, not an unknown one.
+SIGNATURES = {
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "JPEG": (b"\xff\xd8\xff",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "TIFF": (b"II*\x00", b"MM\x00*"),
+    "BMP": (b"BM",),
+}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format whose signature `data` starts with, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for name, signatures in SIGNATURES.items():
+        if data.startswith(signatures):
+            return name
+    return None
+
+
+def _unidentified(data: bytes) -> ImageError:
+    """Why Pillow could not open the file: an unknown format (415), or a broken known one (400)."""
+    name = sniff_format(data)
+    if name is None:
+        return ImageError(f"not a supported image (or its header is corrupt): expected {FORMAT_LIST}", 415)
+    reason = "header is corrupt or uses an unsupported variant"
+    Image.init()
+    opener = Image.OPEN.get(name)
+    if opener is not None:
+        try:  # the format's own plugin says what is wrong (Image.open hides it)
+            opener[0](io.BytesIO(data)).close()
+        except Exception as exc:
+            reason = _reason(exc)
+    return ImageError(f"could not read {name} image (corrupt, or a variant that cannot be decoded): {reason}")
+
+
+def _verify_png(data: bytes) -> None:
+    """Pillow skips the CRC of image data while decoding; a checksum error means a damaged file."""
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as check:
+            check.verify()
+    except Exception as exc:
+        raise ImageError(f"could not decode PNG image (truncated or corrupt?): {_reason(exc)}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -13,6 +13,8 @@ import bentoml
 from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from service.schemas import TOP_K_MAX
@@ -21,6 +23,9 @@ from service.settings import Settings
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TopK = Annotated[int, Field(ge=1, le=TOP_K_MAX, description="how many of the best classes to return")]
 MAX_FILES = Settings.from_env().max_batch_files
+# Parts beyond the image files that the form parser accepts before it refuses the body (Starlette
+# allows 1000 files and 1000 fields); the models then name what is wrong with the rest.
+EXTRA_PARTS = 16
 
 
 class UploadInput(bentoml.IODescriptor):
@@ -30,7 +35,14 @@ class UploadInput(bentoml.IODescriptor):
     async def from_http_request(cls, request: Request, serde: Any) -> Any:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type in FORM_TYPES:
-            form = await request.form()  # Starlette caches it: BentoML's parser reuses this parse
+            try:  # Starlette caches the form: BentoML's parser reuses this parse (and these limits)
+                form = await request.form(max_files=MAX_FILES + EXTRA_PARTS, max_fields=EXTRA_PARTS)
+            except (HTTPException, MultiPartException) as exc:  # BentoML would answer these with a 500
+                detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+                problem = PydanticCustomError("multipart", "invalid multipart body: {detail}", {"detail": detail})
+                raise ValidationError.from_exception_data(
+                    cls.__name__, [InitErrorDetails(type=problem, loc=(), input="")]
+                ) from None
             errors = [
                 InitErrorDetails(type=PydanticCustomError("form_field", problem), loc=(name,), input="")
                 for name in dict.fromkeys(form.keys())

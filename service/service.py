@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.batching import MicroBatcher, power_of_two_sizes
+from service.auth import ApiKeyMiddleware
+from service.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
 from service.device import Device, configure_device, gpu_count
 from service.http import LimitsMiddleware
 from service.images import ImageError, decode_image
@@ -42,6 +43,7 @@ SETTINGS = Settings.from_env()
 GPUS = gpu_count()
 WORKERS = int(os.environ.get("CIFAR10_WORKERS") or max(1, GPUS))  # one worker per GPU
 TRAIN_HINT = "train one with: train-cifar --optimizer adam"
+SHUTDOWN_DRAIN_S = 30.0  # longest wait for queued model calls at shutdown
 
 MODEL = bentoml.models.BentoModel(SETTINGS.model_tag)
 if MODEL.stored is None:  # fail at import: `bentoml serve` and `bentoml build` then print one line
@@ -56,6 +58,11 @@ def error_response(exc: ImageError, index: int | None = None) -> Any:
     if index is not None:
         body["index"] = index
     return JSONResponse(body, status_code=exc.status_code)
+
+
+def unavailable(exc: Exception) -> Any:
+    """503 while the worker shuts down (a request that slipped in after the drain began)."""
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
 
 _METRICS: tuple[Any, Any] | None = None
@@ -167,7 +174,7 @@ class CIFAR10Classifier:
         return decode_image(Path(path).read_bytes(), SETTINGS.max_image_pixels)
 
     async def _classify(self, images: np.ndarray, top_k: int) -> list[Classification]:
-        probabilities = await self.batcher.predict(images)
+        probabilities = await self.batcher.predict(images)  # BatcherClosed once shutdown has begun
         self.images_counter.inc(len(images))
         return [self._answer(row, top_k) for row in probabilities]
 
@@ -189,7 +196,10 @@ class CIFAR10Classifier:
             array = await self._decode(image)
         except ImageError as exc:
             return error_response(exc)
-        return (await self._classify(array[None], top_k))[0]
+        try:
+            return (await self._classify(array[None], top_k))[0]
+        except BatcherClosed as exc:
+            return unavailable(exc)
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput)
     async def classify_batch(self, images: list[Path], top_k: int = 3) -> list[Classification]:
@@ -200,7 +210,10 @@ class CIFAR10Classifier:
                 return error_response(result, index)
             if isinstance(result, BaseException):
                 raise result
-        return await self._classify(np.stack(decoded), top_k)
+        try:
+            return await self._classify(np.stack(decoded), top_k)
+        except BatcherClosed as exc:
+            return unavailable(exc)
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> ModelMetadata:
@@ -209,8 +222,11 @@ class CIFAR10Classifier:
 
     @bentoml.on_shutdown
     async def _shutdown(self) -> None:
-        await self.batcher.close()
+        """Runs after the server stopped accepting and its open requests ended; queued work still finishes."""
+        await self.batcher.close(timeout=SHUTDOWN_DRAIN_S)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
+# The first added is the outermost: a request without the key is refused before its body is read.
+CIFAR10Classifier.add_asgi_middleware(ApiKeyMiddleware, api_key=SETTINGS.api_key, max_drain_bytes=SETTINGS.max_body_bytes)
 CIFAR10Classifier.add_asgi_middleware(LimitsMiddleware, max_body_bytes=SETTINGS.max_body_bytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_MODEL_NAME = "cifar10-cnn"
 
@@ -36,6 +36,7 @@ class Settings:
     max_image_pixels: int  # width * height before decoding (decompression bombs)
     max_body_bytes: int  # whole request body
     decode_threads: int  # Pillow decoding threads per worker
+    api_key: str | None = field(default=None, repr=False)  # CIFAR10_API_KEY: Bearer key, unset = open
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,4 +48,5 @@ class Settings:
             max_image_pixels=_int_env("CIFAR10_MAX_IMAGE_PIXELS", 40_000_000),
             max_body_bytes=_int_env("CIFAR10_MAX_BODY_BYTES", 10 * 1024 * 1024),
             decode_threads=_int_env("CIFAR10_DECODE_THREADS", min(4, os.cpu_count() or 1)),
+            api_key=os.environ.get("CIFAR10_API_KEY", "").strip() or None,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_missing_model_fails_with_one_line(cifar_model_store: ModelStore, tmp_pa
     assert "Traceback" not in server.log_text()
 
 
-def test_bento_build_holds_model_and_dockerfile(cifar_model_store: ModelStore) -> None:
+def test_bento_build_holds_model_and_dockerfile(cifar_model_store: ModelStore, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
         cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=180,
@@ -42,3 +43,40 @@ def test_bento_build_holds_model_and_dockerfile(cifar_model_store: ModelStore) -
     assert "tensorflow" in requirements and "pillow" in requirements
     assert (bento / "src" / "service" / "service.py").is_file() and (bento / "src" / "training" / "store.py").is_file()
     assert not (bento / "src" / "clients").exists()
+    assert final_user(dockerfile) not in ("root", "0")
+
+    # the Dockerfile `bentoml containerize` would use (no Docker daemon needed to write it)
+    final = tmp_path / "final.Dockerfile"
+    code = "import bentoml, sys; bentoml.container.get_containerfile(sys.argv[1], output_path=sys.argv[2])"
+    result = subprocess.run(
+        [sys.executable, "-c", code, tag, str(final)],
+        cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    user = final_user(final.read_text())
+    assert user not in ("root", "0") and not user.startswith(("root:", "0:")), user
+
+
+def final_user(dockerfile: str) -> str:
+    """The user of the image's last stage: its last USER instruction ('root' if none)."""
+    stages = re.split(r"(?im)^FROM\s", dockerfile)
+    users = re.findall(r"(?im)^USER\s+(\S+)", stages[-1])
+    return users[-1] if users else "root"
+
+
+def test_gpu_bento_runs_as_non_root(cifar_model_store: ModelStore, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", "bentofile.gpu.yaml", "--output", "tag"],
+        cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    final = tmp_path / "gpu.Dockerfile"
+    code = "import bentoml, sys; bentoml.container.get_containerfile(sys.argv[1], output_path=sys.argv[2])"
+    result = subprocess.run(
+        [sys.executable, "-c", code, tag, str(final)],
+        cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = final.read_text()
+    assert "FROM nvidia/cuda" in text and final_user(text) not in ("root", "0"), final_user(text)

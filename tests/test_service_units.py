@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.batching import MicroBatcher, power_of_two_sizes
+from service.auth import ApiKeyMiddleware, bearer_token, is_open
+from service.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
 from service.device import configure_device, gpu_count
 from service.http import validation_message
 from service.images import ImageError, decode_image
@@ -40,7 +41,7 @@ def test_decode_transparency_goes_over_white() -> None:
 
 @pytest.mark.parametrize(
     "data, status",
-    [(b"", 400), (b"hello", 415), (b"\x89PNG\r\n\x1a\n" + bytes(30), 415)],
+    [(b"", 400), (b"hello", 415), (b"\x89PNG\r\n\x1a\n" + bytes(30), 400)],  # a broken PNG: 400
 )
 def test_decode_errors(data: bytes, status: int) -> None:
     with pytest.raises(ImageError) as info:
@@ -99,6 +100,114 @@ def test_batcher_splits_large_requests_and_reports_errors() -> None:
 
     asyncio.run(run())
     assert sizes[:3] == [4, 4, 2]
+
+
+def test_batcher_close_drains_queued_requests_then_refuses() -> None:
+    """Shutdown: everything queued before close() still gets its answer; later calls are refused."""
+    calls: list[int] = []
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        import time
+
+        time.sleep(0.05)  # a slow model: requests pile up behind the first call
+        calls.append(len(images))
+        return np.zeros((len(images), 10), np.float32)
+
+    async def run() -> None:
+        batcher = MicroBatcher(predict, max_batch_size=4, max_latency_ms=1)
+        pending = [asyncio.ensure_future(batcher.predict(np.zeros((1, 32, 32, 3), np.uint8))) for _ in range(10)]
+        await asyncio.sleep(0.01)  # the first batch is running, the rest queued
+        await batcher.close(timeout=10)
+        results = await asyncio.gather(*pending)
+        assert [r.shape for r in results] == [(1, 10)] * 10
+        with pytest.raises(BatcherClosed, match="shutting down"):
+            await batcher.predict(np.zeros((1, 32, 32, 3), np.uint8))
+
+    asyncio.run(run())
+    assert sum(calls) == 10
+
+
+def test_batcher_close_times_out_instead_of_hanging() -> None:
+    release = __import__("threading").Event()
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        release.wait(5)
+        return np.zeros((len(images), 10), np.float32)
+
+    async def run() -> None:
+        batcher = MicroBatcher(predict, max_batch_size=1, max_latency_ms=1)
+        first = asyncio.ensure_future(batcher.predict(np.zeros((1, 32, 32, 3), np.uint8)))
+        second = asyncio.ensure_future(batcher.predict(np.zeros((1, 32, 32, 3), np.uint8)))
+        await asyncio.sleep(0.05)
+        await batcher.close(timeout=0.2)
+        with pytest.raises(BatcherClosed):
+            await second  # queued behind a stuck call: failed, not left hanging
+        release.set()
+        first.cancel()
+
+    asyncio.run(run())
+
+
+def _asgi_call(app: object, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, dict, bytes]:
+    """Run one HTTP request through an ASGI app in process: (status, headers, body)."""
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    start = sent[0]
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def _ok_app(scope: dict, receive: object, send: object) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+def test_api_key_middleware() -> None:
+    app = ApiKeyMiddleware(_ok_app, api_key="s3cret")
+    auth = lambda value: [(b"authorization", value.encode())]  # noqa: E731
+    assert _asgi_call(app, "/classify", auth("Bearer s3cret"))[0] == 200
+    assert _asgi_call(app, "/classify", auth("bearer  s3cret "))[0] == 200  # scheme is case-insensitive
+    for path in ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/static_content/index.css"):
+        assert _asgi_call(app, path, [])[0] == 200, path
+    status, headers, body = _asgi_call(app, "/classify", [], b"x" * 1000)
+    assert status == 401 and headers[b"www-authenticate"].startswith(b"Bearer")
+    assert b"missing API key" in body and b"\n" not in body
+    for value in ("Bearer wrong", "Bearer s3cre", "Bearer s3cretX", "Basic czNjcmV0", "s3cret", "Bearer"):
+        status, _, body = _asgi_call(app, "/metadata", auth(value))
+        assert status == 401 and b"invalid API key" in body, value
+    assert _asgi_call(app, "/anything/else", [])[0] == 401  # deny by default
+    assert _asgi_call(ApiKeyMiddleware(_ok_app, api_key=None), "/classify", [])[0] == 200  # no key: open
+    assert bearer_token({"headers": [(b"authorization", b"Bearer abc")]}) == "abc" and not is_open("/classify")
+
+
+def test_settings_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CIFAR10_API_KEY", raising=False)
+    assert Settings.from_env().api_key is None
+    monkeypatch.setenv("CIFAR10_API_KEY", "  ")
+    assert Settings.from_env().api_key is None
+    monkeypatch.setenv("CIFAR10_API_KEY", "k3y")
+    assert Settings.from_env().api_key == "k3y" and "k3y" not in repr(Settings.from_env())
+
+
+def test_decode_hostile_corpus() -> None:
+    """Every file of the corpus decodes (200) or fails with the expected status and a one-line reason."""
+    from bad_files import corpus
+
+    for name, (data, status, message) in corpus().items():
+        try:
+            decode_image(data, 4_000_000)
+            outcome = (200, "")
+        except ImageError as exc:
+            outcome = (exc.status_code, str(exc))
+        assert outcome[0] == status and message in outcome[1] and "\n" not in outcome[1], (name, outcome)
 
 
 class FakeTF:

@@ -1,0 +1,418 @@
+"""Soak benchmark: a real `bentoml serve` on loopback under a steady mix of valid and invalid uploads.
+
+    python benchmarks/soak.py --duration 300 --concurrency 32 [--model cifar10-cnn:VERSION]
+
+Starts the service itself on a free 127.0.0.1 port (the model: --model, else $CIFAR10_MODEL, else
+the latest `cifar10-cnn` in $BENTOML_HOME), then runs `--concurrency` async httpx clients for
+`--duration` seconds. About 80% of requests are real CIFAR-10 JPEGs (from --images, a tar archive
+or a folder; generated images when it is absent), some of them as 4-image /classify_batch
+requests; about 20% are invalid files (text, truncated JPEG, zero bytes) that must get a 4xx.
+
+Targets (exit status 1 when one is missed): no error on a valid request, no 5xx at all, and
+resident memory of the server's process tree at the end within --max-memory-growth (10%) of the
+value after warm-up. Nothing leaves the machine: the server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_IMPORT = "service.service:CIFAR10Classifier"
+DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+BATCH_SIZE = 4  # images per /classify_batch request in the mix
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model tag to serve (default: $CIFAR10_MODEL or cifar10-cnn:latest)")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of load after warm-up starts (default 300)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="CIFAR-10 JPEGs: a .tar(.gz) or a folder")
+    parser.add_argument("--max-images", type=int, default=2000, help="how many images to sample from --images")
+    parser.add_argument("--invalid-fraction", type=float, default=0.2, help="share of invalid uploads (default 0.2)")
+    parser.add_argument("--batch-fraction", type=float, default=0.1, help="share of valid requests sent as a batch")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds before the memory baseline (default: min(30, duration/5))")
+    parser.add_argument("--max-memory-growth", type=float, default=0.10, help="allowed RSS growth after warm-up (0.10 = 10%%)")
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /readyz")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    parser.add_argument("--server-log", type=Path, help="write the server's output here (default: a temp file)")
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = min(30.0, args.duration / 5)
+    if args.concurrency < 1 or args.duration <= 0 or not 0 <= args.invalid_fraction <= 1:
+        parser.error("--concurrency must be >= 1, --duration > 0 and --invalid-fraction in [0, 1]")
+    return args
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def load_images(source: Path, limit: int, seed: int) -> tuple[list[bytes], str]:
+    """Up to `limit` JPEG files (a random sample) and where they came from."""
+    rng = random.Random(seed)
+    if source.is_file() and tarfile.is_tarfile(source):
+        sample: list[bytes] = []
+        seen = 0
+        with tarfile.open(source, "r:*") as archive:
+            for member in archive:  # one streaming pass, reservoir sampling: every class is represented
+                if not member.isfile() or not member.name.lower().endswith((".jpg", ".jpeg", ".png")):
+                    continue
+                seen += 1
+                slot = len(sample) if len(sample) < limit else rng.randrange(seen)
+                if slot < limit:
+                    data = archive.extractfile(member).read()  # type: ignore[union-attr]
+                    if slot == len(sample):
+                        sample.append(data)
+                    else:
+                        sample[slot] = data
+        if sample:
+            return sample, f"{len(sample)} of {seen} images from {source}"
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if files:
+            chosen = rng.sample(files, min(limit, len(files)))
+            return [p.read_bytes() for p in chosen], f"{len(chosen)} of {len(files)} images from {source}"
+    generated = []
+    np_rng = np.random.default_rng(seed)
+    for _ in range(min(limit, 200)):
+        buffer = io.BytesIO()
+        Image.fromarray(np_rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=75)
+        generated.append(buffer.getvalue())
+    return generated, f"{len(generated)} generated 32x32 JPEGs ({source} not found)"
+
+
+def invalid_payloads(valid: bytes) -> dict[str, bytes]:
+    return {
+        "text": b"this is not an image, just some text\n" * 8,
+        "truncated": valid[: max(1, len(valid) // 2)],
+        "zero_bytes": b"",
+    }
+
+
+# --------------------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` in its own process group on 127.0.0.1."""
+
+    def __init__(self, model: str | None, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        if model:
+            env["CIFAR10_MODEL"] = model
+        self.command = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            self.command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and all its workers."""
+        try:
+            root = psutil.Process(self.process.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # our own process group, started above
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+# ----------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    valid_requests: int = 0
+    invalid_requests: int = 0
+    images: int = 0
+    valid_errors: int = 0
+    server_errors: int = 0
+    invalid_not_4xx: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    error_examples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def note_error(self, text: str) -> None:
+        if len(self.error_examples) < 10:
+            self.error_examples.append(text[:300])
+
+
+async def client_loop(
+    url: str, deadline: float, images: list[bytes], invalid: dict[str, bytes], args: argparse.Namespace,
+    stats: Stats, seed: int, headers: dict[str, str],
+) -> None:
+    rng = random.Random(seed)
+    invalid_items = list(invalid.items())
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits, headers=headers) as client:
+        while time.monotonic() < deadline:
+            is_valid = rng.random() >= args.invalid_fraction
+            if is_valid and rng.random() < args.batch_fraction:
+                files = [("images", (f"{i}.jpg", rng.choice(images), "image/jpeg")) for i in range(BATCH_SIZE)]
+                path, count, kind = "/classify_batch", BATCH_SIZE, "batch"
+            elif is_valid:
+                files = [("image", ("cifar.jpg", rng.choice(images), "image/jpeg"))]
+                path, count, kind = "/classify", 1, "valid"
+            else:
+                kind, data = rng.choice(invalid_items)
+                files = [("image", (f"{kind}.jpg", data, "image/jpeg"))]
+                path, count = "/classify", 0
+            started = time.perf_counter()
+            try:
+                response = await client.post(path, files=files)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                status, response = None, None
+                stats.note_error(f"{kind} {path}: {type(exc).__name__}: {exc}")
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            stats.requests += 1
+            key = str(status) if status is not None else "exception"
+            stats.statuses[key] = stats.statuses.get(key, 0) + 1
+            if status is not None and status >= 500:
+                stats.server_errors += 1
+                stats.note_error(f"{kind} {path}: HTTP {status}: {response.text[:200] if response else ''}")
+            if is_valid:
+                stats.valid_requests += 1
+                if status == 200:
+                    stats.images += count
+                    stats.latencies_ms.append(elapsed_ms)
+                else:
+                    stats.valid_errors += 1
+                    if status is not None and status < 500:
+                        stats.note_error(f"{kind} {path}: HTTP {status}: {response.text[:200] if response else ''}")
+            else:
+                stats.invalid_requests += 1
+                if status is None or not 400 <= status < 500:
+                    stats.invalid_not_4xx += 1
+
+
+async def run_load(server: Server, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    invalid = invalid_payloads(images[0])
+    headers = {"Authorization": f"Bearer {os.environ['CIFAR10_API_KEY']}"} if os.environ.get("CIFAR10_API_KEY") else {}
+    warm_stats, stats = Stats(), Stats()
+    start = time.monotonic()
+    warm_end, end = start + args.warmup, start + args.duration
+    memory: dict[str, Any] = {"samples": []}
+
+    async def sample_memory() -> None:
+        while time.monotonic() < end:
+            memory["samples"].append(server.rss_bytes())
+            await asyncio.sleep(1.0)
+
+    async def phase(deadline: float, target: Stats, offset: int) -> None:
+        await asyncio.gather(*(
+            client_loop(server.url, deadline, images, invalid, args, target, args.seed + offset + i, headers)
+            for i in range(args.concurrency)
+        ))
+
+    sampler = asyncio.create_task(sample_memory())
+    if args.warmup > 0:
+        await phase(warm_end, warm_stats, 0)
+    memory["after_warmup"] = server.rss_bytes()
+    measured_start = time.monotonic()
+    await phase(end, stats, 10_000)
+    measured_s = time.monotonic() - measured_start
+    memory["end"] = server.rss_bytes()
+    sampler.cancel()
+    memory["peak"] = max([*memory.pop("samples"), memory["after_warmup"], memory["end"]])
+    return {"warmup": warm_stats, "measured": stats, "measured_s": measured_s, "memory": memory}
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values), q))
+
+
+def build_report(result: dict[str, Any], args: argparse.Namespace, source: str, server: Server) -> dict[str, Any]:
+    warm: Stats = result["warmup"]
+    measured: Stats = result["measured"]
+    memory = result["memory"]
+    total = {name: getattr(warm, name) + getattr(measured, name) for name in ("requests", "valid_requests", "invalid_requests", "images", "valid_errors", "server_errors", "invalid_not_4xx")}
+    statuses: dict[str, int] = {}
+    for stats in (warm, measured):
+        for key, count in stats.statuses.items():
+            statuses[key] = statuses.get(key, 0) + count
+    growth = (memory["end"] - memory["after_warmup"]) / memory["after_warmup"] if memory["after_warmup"] else None
+    targets = {
+        "valid_errors == 0": total["valid_errors"] == 0,
+        "5xx == 0": total["server_errors"] == 0,
+        f"memory growth < {args.max_memory_growth:.0%}": growth is not None and growth < args.max_memory_growth,
+    }
+    return {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "server_command": shlex.join(server.command),
+        "machine": machine(),
+        "images": source,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "totals": total,
+        "statuses": dict(sorted(statuses.items())),
+        "measured": {
+            "seconds": round(result["measured_s"], 2),
+            "requests": measured.requests,
+            "requests_per_s": round(measured.requests / result["measured_s"], 2) if result["measured_s"] else None,
+            "images_per_s": round(measured.images / result["measured_s"], 2) if result["measured_s"] else None,
+            "valid_latency_ms": {
+                "p50": _round(percentile(measured.latencies_ms, 50)),
+                "p95": _round(percentile(measured.latencies_ms, 95)),
+                "p99": _round(percentile(measured.latencies_ms, 99)),
+                "mean": _round(statistics.fmean(measured.latencies_ms) if measured.latencies_ms else None),
+            },
+        },
+        "memory_mb": {
+            "after_warmup": round(memory["after_warmup"] / 2**20, 1),
+            "end": round(memory["end"] / 2**20, 1),
+            "peak": round(memory["peak"] / 2**20, 1),
+            "growth": None if growth is None else round(growth, 4),
+        },
+        "error_examples": warm.error_examples + measured.error_examples,
+        "targets": targets,
+        "passed": all(targets.values()),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m, t, meas, mem = report["machine"], report["totals"], report["measured"], report["memory_mb"]
+    lat = meas["valid_latency_ms"]
+    lines = [
+        "CIFAR-10 service soak benchmark",
+        f"  command:    {report['command']}",
+        f"  server:     {report['server_command']}",
+        f"  machine:    {m['cpu_count']} CPUs ({m['cpu']}), {m['memory_gb']} GB RAM, {m['platform']}, Python {m['python']}",
+        f"  images:     {report['images']}",
+        f"  settings:   duration {report['settings']['duration']}s (warm-up {report['settings']['warmup']}s), "
+        f"concurrency {report['settings']['concurrency']}, invalid {report['settings']['invalid_fraction']:.0%}",
+        f"  requests:   {t['requests']} ({t['valid_requests']} valid, {t['invalid_requests']} invalid), "
+        f"{t['images']} images classified; statuses {report['statuses']}",
+        f"  throughput: {meas['requests_per_s']} requests/s, {meas['images_per_s']} images/s "
+        f"(after warm-up: {meas['requests']} requests in {meas['seconds']}s)",
+        f"  latency:    valid requests p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms",
+        f"  errors:     {t['valid_errors']} on valid requests, {t['server_errors']} 5xx, "
+        f"{t['invalid_not_4xx']} invalid uploads not answered with a 4xx",
+        f"  memory:     server RSS {mem['after_warmup']} MB after warm-up, {mem['end']} MB at the end "
+        f"(growth {mem['growth']:+.1%}), peak {mem['peak']} MB" if mem["growth"] is not None else "  memory:     not measured",
+    ]
+    for example in report["error_examples"][:5]:
+        lines.append(f"  error:      {example}")
+    for name, ok in report["targets"].items():
+        lines.append(f"  target:     {name}: {'ok' if ok else 'MISSED'}")
+    lines.append(f"  result:     {'PASS' if report['passed'] else 'FAIL'}")
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    images, source = load_images(args.images, args.max_images, args.seed)
+    log_path = args.server_log or Path(os.environ.get("TMPDIR", "/tmp")) / f"cifar10-soak-{os.getpid()}.log"
+    print(f"starting the server (log: {log_path}) ...", flush=True)
+    server = Server(args.model, log_path)
+    try:
+        server.wait_ready(args.startup_timeout)
+        print(f"server ready at {server.url}; {args.duration:.0f}s of load, {args.concurrency} clients", flush=True)
+        result = asyncio.run(run_load(server, images, args))
+        report = build_report(result, args, source, server)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        server.stop()
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
