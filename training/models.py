@@ -150,7 +150,7 @@ def build_fast(
     for filters in widths:
         x = conv_pool_block(x, filters, l2)
     x = layers.GlobalMaxPooling2D()(x)
-    x = layers.Dense(num_classes, use_bias=False, name="logits")(x)
+    x = layers.Dense(num_classes, use_bias=False, kernel_regularizer=regularizers.l2(l2), name="logits")(x)
     x = layers.Rescaling(1 / 9.0, name="temperature")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="fast")
