@@ -1,0 +1,668 @@
+"""Serving benchmark: the real service under a bounded load, against three reference points.
+
+    python benchmarks/serve.py --model cifar10-cnn:latest --concurrency 16 --duration 30 \
+        --images ../shared/data/cifar10-jpeg.tar.gz
+
+One run measures, each server started on loopback in its own process group and stopped after:
+  ceiling  benchmarks.ceiling_service   same HTTP stack and decoding, no model (the most HTTP allows here)
+  naive    benchmarks.naive_service     one Keras `model.predict` per request (what users often write)
+  service  service.service              the real service
+  raw      in a subprocess: the compiled predictor on large batches, no HTTP (the model's own ceiling)
+and prints throughput, p50/p95/p99 latency, errors, CPU per request, the ratios service/ceiling,
+service/naive and service/raw against the targets, the command line and the machine.
+The load: N coroutines sharing one HTTP client, each sending one request after the other for T
+seconds after a warm-up; requests are real JPEGs, multipart bodies encoded once beforehand.
+Targets are reported always and enforced (exit status 1) only with --check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
+    sys.path.insert(0, str(PROJECT_ROOT))
+SERVERS = {
+    "ceiling": "benchmarks.ceiling_service:CeilingClassifier",
+    "naive": "benchmarks.naive_service:NaiveClassifier",
+    "service": "service.service:CIFAR10Classifier",
+}
+BOUNDARY = "cifar-serve-benchmark-7d1f0c"
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+TARGETS = {  # the issue's serving targets at concurrency 16 on the 2-core machine
+    "service/ceiling": 0.70,
+    "service/naive": 10.0,
+    "p99_ms": 50.0,
+    "errors": 0,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# images
+
+
+def load_images(source: Path | None, count: int, seed: int = 0) -> tuple[list[tuple[str, bytes]], str]:
+    """`count` JPEGs spread evenly over the test split of a folder or .tar(.gz) tree, else generated ones."""
+    if source is None:
+        return generate_jpegs(count, seed), f"{count} generated 32x32 JPEGs (seed {seed})"
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = [(str(p.relative_to(source)), p) for p in files]
+        chosen = _spread(_prefer_test(found), count)
+        images = [(name, path.read_bytes()) for name, path in chosen]
+    else:
+        with tarfile.open(source) as archive:
+            members = [(m.name, m) for m in archive if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+            chosen = _spread(_prefer_test(members), count)
+            images = [(name, archive.extractfile(member).read()) for name, member in chosen]  # type: ignore[union-attr]
+    if not images:
+        raise SystemExit(f"no JPEG files found in {source}")
+    return images, f"{len(images)} JPEGs from {source}"
+
+
+def _prefer_test(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    test = [item for item in items if "test" in Path(item[0]).parts]
+    return test or items
+
+
+def _spread(items: list[Any], count: int) -> list[Any]:
+    """Every k-th item so that all classes (sorted folders) are represented."""
+    if len(items) <= count:
+        return items
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def generate_jpegs(count: int, seed: int) -> list[tuple[str, bytes]]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(count):
+        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # smooth-ish, compresses like a photo
+        noise = rng.integers(-20, 21, (32, 32, 3))
+        pixels = np.clip(np.kron(base, np.ones((8, 8, 1))) + noise, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=75)
+        images.append((f"generated-{i:04d}.jpg", buffer.getvalue()))
+    return images
+
+
+def multipart_body(filename: str, data: bytes) -> bytes:
+    """The body of `curl -F image=@file.jpg`, built once so the client spends no CPU on it."""
+    head = (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="image"; filename="{Path(filename).name}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+# ------------------------------------------------------------------------------------------------
+# load generator
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    seconds: float = 0.0
+    errors: int = 0  # connection errors, timeouts, unexpected answers
+    non_2xx: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        rank = q / 100 * (len(ordered) - 1)  # linear interpolation between closest ranks
+        low = int(rank)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+    def summary(self) -> dict[str, Any]:
+        ok = max(1, self.requests)
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.throughput, 1),
+            "p50_ms": round(self.percentile(50), 2),
+            "p95_ms": round(self.percentile(95), 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "max_ms": round(max(self.latencies_ms, default=float("nan")), 2),
+            "errors": self.errors,
+            "non_2xx": self.non_2xx,
+            "statuses": self.statuses,
+            "error_kinds": self.error_kinds,
+            "client_cpu_ms_per_request": round(1000 * self.client_cpu_s / ok, 3),
+            "server_cpu_ms_per_request": None if self.server_cpu_s is None else round(1000 * self.server_cpu_s / ok, 3),
+        }
+
+
+class HttpxSender:
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        import httpx
+
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=timeout,
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        response = await self.client.post(url, content=body, headers=headers)
+        return response.status_code, response.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class AiohttpSender:
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with self.session.post(url, data=body, headers=headers) as response:
+            return response.status, await response.read()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+SENDERS = {"aiohttp": AiohttpSender, "httpx": HttpxSender}
+
+
+async def drive(
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    timeout: float,
+    client: str,
+    server_pid: int | None = None,
+) -> LoadResult:
+    """N workers, each sending one request after the other: `warmup` seconds unrecorded, then `duration`."""
+    sender = SENDERS[client](concurrency, timeout)
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    result = LoadResult()
+    statuses: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    recording = False
+
+    async def worker(index: int, until: float) -> float:
+        last = time.perf_counter()
+        k = index
+        while time.perf_counter() < until:
+            body = bodies[k % len(bodies)]
+            k += concurrency
+            started = time.perf_counter()
+            status, answer, kind = None, b"", None
+            try:
+                status, answer = await sender.post(url, body, headers)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
+                kind = type(exc).__name__
+            last = time.perf_counter()
+            if not recording:
+                continue
+            result.requests += 1
+            result.latencies_ms.append(1000 * (last - started))
+            if kind is not None:
+                result.errors += 1
+                kinds[kind] += 1
+                continue
+            statuses[str(status)] += 1
+            if not 200 <= status < 300:  # type: ignore[operator]
+                result.non_2xx += 1
+                result.errors += 1
+            elif not answer.startswith(b'{"label"'):
+                result.errors += 1
+                kinds["unexpected body"] += 1
+        return last
+
+    try:
+        if warmup > 0:
+            until = time.perf_counter() + warmup
+            await asyncio.gather(*(worker(i, until) for i in range(concurrency)))
+        recording = True
+        server_before = _tree_cpu(server_pid)
+        client_before = time.process_time()
+        started = time.perf_counter()
+        ends = await asyncio.gather(*(worker(i, started + duration) for i in range(concurrency)))
+        result.seconds = max(ends) - started
+        result.client_cpu_s = time.process_time() - client_before
+        server_after = _tree_cpu(server_pid)
+        if server_before is not None and server_after is not None:
+            result.server_cpu_s = server_after - server_before
+    finally:
+        await sender.close()
+    result.statuses = dict(statuses)
+    result.error_kinds = dict(kinds)
+    return result
+
+
+def _tree_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process and its children (the server and its workers)."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(model: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, "CIFAR10_MODEL": model, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+class Server:
+    """`bentoml serve IMPORT` on a free loopback port, in its own process group."""
+
+    def __init__(self, name: str, target: str, env: dict[str, str], log_dir: Path, start_timeout: float) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"{name}.log"
+        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
+        started = time.perf_counter()
+        with self.log.open("w") as handle:
+            self.process = subprocess.Popen(
+                cmd, cwd=PROJECT_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.perf_counter() - started
+
+    def _wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} server exited at start-up:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} server not ready in {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def metrics_text(self) -> str:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, 15)
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+
+
+def batch_size_stats(metrics: str) -> dict[str, float] | None:
+    """Mean images per model call from the service's `cifar10_inference_batch_size` histogram."""
+    total = count = None
+    for line in metrics.splitlines():
+        if line.startswith("cifar10_inference_batch_size_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("cifar10_inference_batch_size_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    if not count or total is None:
+        return None
+    return {"model_calls": count, "images": total, "mean_batch": round(total / count, 2)}
+
+
+def run_server(name: str, args: argparse.Namespace, bodies: list[bytes], log_dir: Path) -> dict[str, Any]:
+    extra = dict(args.env) if name in ("ceiling", "service") else {}  # the ceiling shares the service's settings
+    duration = args.naive_duration if name == "naive" and args.naive_duration is not None else args.duration
+    print(f"[{name}] starting {SERVERS[name]} ...", file=sys.stderr, flush=True)
+    server = Server(name, SERVERS[name], server_env(args.model, extra), log_dir, args.start_timeout)
+    try:
+        print(
+            f"[{name}] ready in {server.start_seconds:.1f}s; {args.concurrency} clients, "
+            f"{args.warmup:g}s warm-up + {duration:g}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = asyncio.run(
+            drive(
+                f"{server.url}/classify",
+                bodies,
+                args.concurrency,
+                args.warmup,
+                duration,
+                args.timeout,
+                args.client,
+                server.process.pid,
+            )
+        )
+        figures = {"server": SERVERS[name], "start_seconds": round(server.start_seconds, 1), **result.summary()}
+        if name == "service":
+            figures["batching"] = batch_size_stats(server.metrics_text())
+        if result.errors and result.errors == result.requests:
+            figures["log_tail"] = server.log_tail(1500)
+        return figures
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# raw in-process throughput (run in a subprocess: TensorFlow's threads stay out of this process)
+
+
+def raw_worker(model: str, batch: int, seconds: float) -> dict[str, Any]:
+    import numpy as np
+
+    from training.store import FORMAT_FILES, load_network, load_predictor
+
+    started = time.perf_counter()
+    predictor = load_predictor(model)
+    load_seconds = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    for _ in range(2):
+        predictor.predict(images)
+    calls, started = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - started < seconds:
+        predictor.predict(images)
+        calls += 1
+    elapsed = time.perf_counter() - started
+    single = images[:1]
+    predictor.predict(single)
+    one = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        predictor.predict(single)
+        one.append(time.perf_counter() - t0)
+    import bentoml
+    import keras
+    import tensorflow as tf
+
+    ref = bentoml.models.get(model)
+    model_format = ref.info.metadata.get("format", "keras")
+    network = load_network(Path(ref.path) / FORMAT_FILES[model_format], model_format)
+    network.predict(single, verbose=0)
+    keras_one = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        network.predict(single, verbose=0)
+        keras_one.append(time.perf_counter() - t0)
+    return {
+        "model": predictor.tag,
+        "batch": batch,
+        "calls": calls,
+        "seconds": round(elapsed, 3),
+        "images_per_s": round(calls * batch / elapsed, 1),
+        "load_seconds": round(load_seconds, 2),
+        "tf_function_1_image_ms": round(1000 * float(np.median(one)), 3),
+        "keras_predict_1_image_ms": round(1000 * float(np.median(keras_one)), 2),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "bentoml": bentoml.__version__},
+    }
+
+
+def run_raw(args: argparse.Namespace) -> dict[str, Any]:
+    print(f"[raw] batches of {args.raw_batch} for {args.raw_seconds:g}s in a subprocess ...", file=sys.stderr, flush=True)
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--raw-worker", "--model", args.model,
+        "--raw-batch", str(args.raw_batch), "--raw-seconds", str(args.raw_seconds),
+    ]
+    done = subprocess.run(
+        cmd, cwd=PROJECT_ROOT, env=server_env(args.model, {}), capture_output=True, text=True,
+        timeout=args.start_timeout + 10 * args.raw_seconds + 60,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RAW "):
+            return json.loads(line[4:])
+    raise RuntimeError(f"raw throughput run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def machine() -> dict[str, Any]:
+    from service.device import cpu_name
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    service = results.get("service")
+    rps = service["throughput_rps"] if service else None
+
+    def ratio(other: float | None) -> float | None:
+        return round(rps / other, 3) if rps is not None and other else None
+
+    ratios = {
+        "service/ceiling": ratio(results["ceiling"]["throughput_rps"] if "ceiling" in results else None),
+        "service/naive": ratio(results["naive"]["throughput_rps"] if "naive" in results else None),
+        "service/raw": ratio(results["raw"]["images_per_s"] if "raw" in results else None),
+    }
+    targets = [
+        {"name": "throughput >= 70% of the no-model ceiling", "value": ratios["service/ceiling"],
+         "met": None if ratios["service/ceiling"] is None else ratios["service/ceiling"] >= TARGETS["service/ceiling"]},
+        {"name": "throughput >= 10x the naive server", "value": ratios["service/naive"],
+         "met": None if ratios["service/naive"] is None else ratios["service/naive"] >= TARGETS["service/naive"]},
+        {"name": "p99 latency <= 50 ms", "value": service["p99_ms"] if service else None,
+         "met": None if not service else service["p99_ms"] <= TARGETS["p99_ms"]},
+        {"name": "no errors", "value": service["errors"] if service else None,
+         "met": None if not service else service["errors"] == TARGETS["errors"]},
+    ]
+    return ratios, targets
+
+
+def fmt(value: Any, spec: str = ".1f") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def report(summary: dict[str, Any]) -> str:
+    results, args = summary["results"], summary["args"]
+    lines = [
+        f"serving benchmark: {args['model']}, {args['concurrency']} concurrent clients ({args['client']}), "
+        f"{args['duration']:g}s after {args['warmup']:g}s warm-up, {summary['images']}",
+        "",
+        f"{'server':<8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-2xx':>8} "
+        f"{'requests':>9} {'srv CPU ms/req':>15} {'cli CPU ms/req':>15}",
+    ]
+    for name in ("ceiling", "naive", "service"):
+        r = results.get(name)
+        if r is None:
+            lines.append(f"{name:<8} {'(skipped)':>8}")
+            continue
+        lines.append(
+            f"{name:<8} {fmt(r['throughput_rps']):>8} {fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} "
+            f"{fmt(r['p99_ms']):>8} {r['errors']:>7} {r['non_2xx']:>8} {r['requests']:>9} "
+            f"{fmt(r['server_cpu_ms_per_request'], '.2f'):>15} {fmt(r['client_cpu_ms_per_request'], '.2f'):>15}"
+        )
+    raw = results.get("raw")
+    if raw:
+        lines.append(
+            f"{'raw':<8} {fmt(raw['images_per_s']):>8} images/s in process, batches of {raw['batch']} "
+            f"({raw['calls']} calls in {raw['seconds']:g}s); one image: tf.function {raw['tf_function_1_image_ms']:g} ms, "
+            f"Keras model.predict {raw['keras_predict_1_image_ms']:g} ms"
+        )
+    else:
+        lines.append(f"{'raw':<8} {'(skipped)':>8}")
+    batching = (results.get("service") or {}).get("batching")
+    if batching:
+        lines.append(
+            f"service micro-batching: {batching['model_calls']:.0f} model calls, "
+            f"{batching['mean_batch']:g} images per call on average (warm-up included)"
+        )
+    lines += ["", "ratios:"]
+    for key, value in summary["ratios"].items():
+        lines.append(f"  {key:<16} {fmt(value, '.3f')}")
+    lines += ["", "targets (concurrency 16, default model, 2-core machine)" + (" [enforced: --check]" if args["check"] else " [reported only]") + ":"]
+    for target in summary["targets"]:
+        verdict = {True: "met", False: "NOT MET", None: "n/a"}[target["met"]]
+        lines.append(f"  {target['name']:<44} {fmt(target['value'], 'g'):>10}  {verdict}")
+    m = summary["machine"]
+    lines += [
+        "",
+        f"command: {summary['command']}",
+        f"machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['usable_cpus']} usable), {m['platform']}, "
+        f"Python {m['python']}, load average at start {' '.join(str(x) for x in m['load_average_at_start'])}",
+    ]
+    if raw:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in raw["versions"].items()))
+    return "\n".join(lines)
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cifar10-cnn:latest", help="stored model tag (CIFAR10_MODEL of every server)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients (one request in flight each)")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per server")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds of the same load first")
+    parser.add_argument("--naive-duration", type=float, default=None, help="measured seconds for the naive server (default --duration)")
+    parser.add_argument("--images", type=Path, default=None, help="image folder or .tar(.gz) (test split preferred); default: generated JPEGs")
+    parser.add_argument("--num-images", type=int, default=500, help="how many images to cycle through")
+    parser.add_argument("--client", choices=sorted(SENDERS), default="aiohttp", help="HTTP client library of the load generator")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (a timeout is an error)")
+    parser.add_argument("--raw-batch", type=int, default=1024, help="batch size of the in-process raw run")
+    parser.add_argument("--raw-seconds", type=float, default=5.0, help="seconds of the in-process raw run")
+    parser.add_argument("--skip", action="append", choices=["ceiling", "naive", "raw"], default=[], help="leave out a reference run (repeatable)")
+    parser.add_argument("--env", action="append", type=parse_env, default=[], metavar="KEY=VALUE", help="extra environment for the real service and the ceiling (same settings), e.g. CIFAR10_WORKERS=2")
+    parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds a server may take to answer /readyz")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a serving target is not met")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure to this JSON file")
+    parser.add_argument("--raw-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.duration <= 0 or args.num_images < 1 or args.raw_batch < 1:
+        parser.error("--concurrency, --duration, --num-images and --raw-batch must be positive")
+    return args
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # runs the `finally` blocks that stop the servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.raw_worker:
+        print("RAW " + json.dumps(raw_worker(args.model, args.raw_batch, args.raw_seconds)), flush=True)
+        return 0
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(["serve.py", *argv])
+    info = machine()
+    images, described = load_images(args.images, args.num_images)
+    bodies = [multipart_body(name, data) for name, data in images]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as logs:
+        for name in ("ceiling", "naive", "service"):
+            if name in args.skip:
+                continue
+            results[name] = run_server(name, args, bodies, Path(logs))
+    if "raw" not in args.skip:
+        results["raw"] = run_raw(args)
+    ratios, targets = ratios_and_targets(results)
+    summary = {
+        "command": command,
+        "machine": info,
+        "images": described,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "raw_worker"},
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
+    }
+    summary["args"]["env"] = dict(args.env)
+    print(report(summary), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    failed = [t["name"] for t in targets if t["met"] is False]
+    if args.check and failed:
+        print("targets not met: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

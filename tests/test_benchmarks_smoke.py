@@ -1,0 +1,57 @@
+"""The serving benchmark runs end to end in seconds (targets reported, not enforced), so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PROJECT_ROOT, ModelStore
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "serve.py"
+IMAGES = PROJECT_ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"
+
+
+def test_serve_benchmark_smoke(cifar_model_store: ModelStore, tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    cmd = [
+        sys.executable, str(SCRIPT), "--model", cifar_model_store.tag,
+        "--concurrency", "2", "--duration", "2", "--warmup", "0.5", "--naive-duration", "1",
+        "--raw-batch", "64", "--raw-seconds", "0.5", "--num-images", "20", "--json", str(out),
+    ]
+    if IMAGES.exists():
+        cmd += ["--images", str(IMAGES)]
+    done = subprocess.run(
+        cmd, cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = done.stdout
+    for row in ("ceiling", "naive", "service", "raw"):
+        assert any(line.startswith(row + " ") for line in text.splitlines()), text
+    for label in ("service/ceiling", "service/naive", "service/raw", "p99 latency <= 50 ms", "command:", "machine:"):
+        assert label in text, text
+
+    figures = json.loads(out.read_text())
+    for name in ("ceiling", "naive", "service"):
+        result = figures["results"][name]
+        assert result["requests"] > 0 and result["errors"] == 0, result
+        assert result["throughput_rps"] > 0
+    assert figures["results"]["raw"]["images_per_s"] > 0
+    assert all(value is not None and value > 0 for value in figures["ratios"].values()), figures["ratios"]
+    assert figures["machine"]["cpu_count"] >= 1
+
+
+def test_serve_benchmark_check_flag_enforces_targets(cifar_model_store: ModelStore) -> None:
+    """With --check an unmet target fails the run; a server-only run reports the missing ratios as n/a."""
+    cmd = [
+        sys.executable, str(SCRIPT), "--model", cifar_model_store.tag, "--concurrency", "1", "--duration", "0.5",
+        "--warmup", "0", "--num-images", "4", "--skip", "ceiling", "--skip", "naive", "--skip", "raw", "--check",
+        "--env", "CIFAR10_MAX_LATENCY_MS=60",  # every request waits 60 ms for a batch: p99 > 50 ms
+    ]
+    done = subprocess.run(
+        cmd, cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "NOT MET" in done.stdout and "n/a" in done.stdout
+    assert "targets not met: p99 latency <= 50 ms" in done.stderr
