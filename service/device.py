@@ -40,6 +40,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_inference_threads() -> int:
+    """Threads for one model call on the CPU: CIFAR10_INFERENCE_THREADS, else half the cores,
+    so that HTTP parsing and image decoding keep the other half."""
+    raw = os.environ.get("CIFAR10_INFERENCE_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def configure_device(worker_index: int | None, tf: Any = None) -> Device:
     """Pin this worker to GPU (worker_index - 1) mod n with memory growth; the CPU when there is none.
 
@@ -49,6 +58,7 @@ def configure_device(worker_index: int | None, tf: Any = None) -> Device:
         import tensorflow as tf
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_inference_threads())
         return Device("CPU", cpu_name())
     gpu = gpus[((worker_index or 1) - 1) % len(gpus)]
     tf.config.set_visible_devices([gpu], "GPU")

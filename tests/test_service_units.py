@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import io
 from types import SimpleNamespace
@@ -216,6 +218,7 @@ class FakeTF:
     def __init__(self, gpus: list[str]) -> None:
         self.visible: list[str] = []
         self.growth: list[str] = []
+        self.intra_op_threads: list[int] = []
         experimental = SimpleNamespace(
             set_memory_growth=lambda gpu, on: self.growth.append(gpu),
             get_device_details=lambda gpu: {"device_name": f"NVIDIA Fake {gpu[-1]}"},
@@ -224,6 +227,7 @@ class FakeTF:
             list_physical_devices=lambda kind: [SimpleNamespace(name=g) for g in gpus] and gpus,
             set_visible_devices=lambda devices, kind: self.visible.extend(devices),
             experimental=experimental,
+            threading=SimpleNamespace(set_intra_op_parallelism_threads=self.intra_op_threads.append),
         )
 
 
@@ -235,9 +239,15 @@ def test_one_gpu_per_worker_with_memory_growth(worker_index: int | None, expecte
     assert device.type == "GPU" and str(device) == f"GPU: NVIDIA Fake {expected[-1]}"
 
 
-def test_cpu_when_no_gpu() -> None:
-    device = configure_device(1, tf=FakeTF([]))
+def test_cpu_when_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CIFAR10_INFERENCE_THREADS", raising=False)
+    tf = FakeTF([])
+    device = configure_device(1, tf=tf)
     assert device.type == "CPU" and str(device).startswith("CPU: ")
+    assert tf.intra_op_threads == [max(1, (os.cpu_count() or 2) // 2)]
+    monkeypatch.setenv("CIFAR10_INFERENCE_THREADS", "3")
+    configure_device(1, tf=tf)
+    assert tf.intra_op_threads[-1] == 3
 
 
 def test_gpu_count_follows_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
