@@ -119,7 +119,8 @@ class TrainConfig(BaseModel):
             "lr_schedule": "constant",
             "label_smoothing": 0.0,
             "validation_split": 0.2,
-            "early_stopping_patience": 5,
+            # a schedule sets the run's length; early stopping would cut it in its high-rate phase
+            "early_stopping_patience": 5 if values.get("lr_schedule") in (None, "constant") else 0,
             "weight_decay": KERAS_ADAMW_WEIGHT_DECAY if optimizer == "adamw" else None,
         }
         if not uses_recipe_optimizer:
