@@ -43,7 +43,7 @@ class Settings:
         return cls(
             model_tag=model_tag(),
             max_batch_size=_int_env("CIFAR10_MAX_BATCH_SIZE", 64),
-            max_latency_ms=_int_env("CIFAR10_MAX_LATENCY_MS", 10, minimum=0),
+            max_latency_ms=_int_env("CIFAR10_MAX_LATENCY_MS", 2, minimum=0),
             max_batch_files=_int_env("CIFAR10_MAX_BATCH_FILES", 64),
             max_image_pixels=_int_env("CIFAR10_MAX_IMAGE_PIXELS", 40_000_000),
             max_body_bytes=_int_env("CIFAR10_MAX_BODY_BYTES", 10 * 1024 * 1024),
