@@ -10,7 +10,10 @@ requests; about 20% are invalid files (text, truncated JPEG, zero bytes) that mu
 
 Targets (exit status 1 when one is missed): no error on a valid request, no 5xx at all, and
 resident memory of the server's process tree at the end within --max-memory-growth (10%) of the
-value after warm-up. Nothing leaves the machine: the server listens on 127.0.0.1 only.
+value after warm-up. The warm-up (60 s of the same load by default) lets the worker's memory reach
+its working level: allocator pools and caches grow to the load's high-water mark in the first minute
+or two and then stay flat; the printed RSS timeline shows the whole curve, and a leak keeps climbing
+after the baseline. Nothing leaves the machine: the server listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=2000, help="how many images to sample from --images")
     parser.add_argument("--invalid-fraction", type=float, default=0.2, help="share of invalid uploads (default 0.2)")
     parser.add_argument("--batch-fraction", type=float, default=0.1, help="share of valid requests sent as a batch")
-    parser.add_argument("--warmup", type=float, default=None, help="seconds before the memory baseline (default: min(30, duration/5))")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of load before the memory baseline (default: min(60, duration/5))")
     parser.add_argument("--max-memory-growth", type=float, default=0.10, help="allowed RSS growth after warm-up (0.10 = 10%%)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /readyz")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
@@ -63,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-log", type=Path, help="write the server's output here (default: a temp file)")
     args = parser.parse_args(argv)
     if args.warmup is None:
-        args.warmup = min(30.0, args.duration / 5)
+        args.warmup = min(60.0, args.duration / 5)
     if args.concurrency < 1 or args.duration <= 0 or not 0 <= args.invalid_fraction <= 1:
         parser.error("--concurrency must be >= 1, --duration > 0 and --invalid-fraction in [0, 1]")
     return args
@@ -263,7 +266,7 @@ async def run_load(server: Server, images: list[bytes], args: argparse.Namespace
 
     async def sample_memory() -> None:
         while time.monotonic() < end:
-            memory["samples"].append(server.rss_bytes())
+            memory["samples"].append((time.monotonic() - start, server.rss_bytes()))
             await asyncio.sleep(1.0)
 
     async def phase(deadline: float, target: Stats, offset: int) -> None:
@@ -281,8 +284,19 @@ async def run_load(server: Server, images: list[bytes], args: argparse.Namespace
     measured_s = time.monotonic() - measured_start
     memory["end"] = server.rss_bytes()
     sampler.cancel()
-    memory["peak"] = max([*memory.pop("samples"), memory["after_warmup"], memory["end"]])
+    samples = memory.pop("samples")
+    memory["peak"] = max([rss for _, rss in samples] + [memory["after_warmup"], memory["end"]])
+    memory["timeline"] = timeline(samples, points=10)
     return {"warmup": warm_stats, "measured": stats, "measured_s": measured_s, "memory": memory}
+
+
+def timeline(samples: list[tuple[float, int]], points: int) -> list[tuple[int, float]]:
+    """About `points` evenly spaced (seconds, MB) samples: whether memory levels off or keeps growing."""
+    if not samples:
+        return []
+    step = max(1, len(samples) // points)
+    picked = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
+    return [(round(t), round(rss / 2**20, 1)) for t, rss in picked]
 
 
 # --------------------------------------------------------------------------------------- report
@@ -352,6 +366,7 @@ def build_report(result: dict[str, Any], args: argparse.Namespace, source: str, 
             "end": round(memory["end"] / 2**20, 1),
             "peak": round(memory["peak"] / 2**20, 1),
             "growth": None if growth is None else round(growth, 4),
+            "timeline": memory["timeline"],
         },
         "error_examples": warm.error_examples + measured.error_examples,
         "targets": targets,
@@ -384,6 +399,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"  memory:     server RSS {mem['after_warmup']} MB after warm-up, {mem['end']} MB at the end "
         f"(growth {mem['growth']:+.1%}), peak {mem['peak']} MB" if mem["growth"] is not None else "  memory:     not measured",
     ]
+    if mem.get("timeline"):
+        lines.append("  rss (s: MB): " + ", ".join(f"{t}: {mb:.0f}" for t, mb in mem["timeline"]))
     for example in report["error_examples"][:5]:
         lines.append(f"  error:      {example}")
     for name, ok in report["targets"].items():
