@@ -217,6 +217,13 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, store_env: dict[
     assert meta["metrics"]["epochs_run"] == 6
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 6
 
+    # the same run without the kill: same length, and the same accuracy within noise
+    uninterrupted = train_cifar(*args[:-1], str(tmp_path / "whole"), env=store_env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    whole = stored_model(saved_tag(uninterrupted.stdout), store_env)["metadata"]["metrics"]
+    assert whole["epochs_run"] == 6
+    assert abs(whole["test_accuracy"] - meta["metrics"]["test_accuracy"]) <= 0.1, (whole, meta["metrics"])
+
 
 def test_ctrl_c_prints_the_resume_line(tmp_path: Path, store_env: dict[str, str]) -> None:
     run = tmp_path / "run"
