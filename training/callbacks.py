@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -105,9 +107,48 @@ def read_resume_state(checkpoint_folder: Path) -> dict[str, Any] | None:
     return json.loads(state_file.read_text())
 
 
+class CtrlCStop(keras.callbacks.Callback):
+    """Ctrl-C ends training at the next batch boundary, raised from Python code here, so the interrupt
+    cannot be lost inside a native TensorFlow call; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pressed = False
+        self._previous: Any = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            self._interrupt()
+        self.pressed = True
+
+    def _interrupt(self) -> None:
+        self._restore()
+        raise KeyboardInterrupt
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.pressed:
+            self._interrupt()
+
+    on_test_batch_end = on_train_batch_end
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._restore()
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
 def build_callbacks(config: TrainConfig, run_dir: Path, resume_state: dict[str, Any] | None,
                     progress: keras.callbacks.Callback | None = None) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [LearningRateLogger()]
+    callbacks: list[keras.callbacks.Callback] = [CtrlCStop(), LearningRateLogger()]
     early_stopping = reduce_lr = None
     if config.uses_validation and config.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(
