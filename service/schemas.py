@@ -51,6 +51,7 @@ class ModelMetadata(BaseModel):
     preprocessing: str | None = None
     input_scaling: str | None = None
     flip_tta: bool = False
+    translate_tta: bool = False
     config: dict[str, Any] = Field(default_factory=dict, description="the full training config")
     metrics: dict[str, Any] = Field(default_factory=dict, description="test accuracy and others")
     training_time_s: float | None = None

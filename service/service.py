@@ -149,6 +149,7 @@ class CIFAR10Classifier:
             preprocessing=meta.get("preprocessing"),
             input_scaling=meta.get("input_scaling"),
             flip_tta=bool(meta.get("flip_tta", False)),
+            translate_tta=bool(meta.get("translate_tta", False)),
             config=meta.get("config", {}),
             metrics=meta.get("metrics", {}),
             training_time_s=meta.get("training_time_s"),

@@ -27,6 +27,46 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's weight averaging: every `every` steps a slow copy of the weights moves part of the way
+    to the trained ("fast") weights, and the fast weights restart from it.
+
+    The slow copy's share grows as `final_decay * progress**3`, from 0 (plain training) at the start to
+    `final_decay` at the end. The weights are also synchronised at every epoch's end, so the checkpoint
+    (and so `--resume`) holds the averaged weights and the finished model is the slow copy.
+    """
+
+    def __init__(self, total_steps: int, every: int = 5, final_decay: float = 0.95**5) -> None:
+        super().__init__()
+        self.total_steps = max(1, total_steps)
+        self.every = every
+        self.final_decay = final_decay
+        self.slow: list[Any] = []
+
+    def averaged_variables(self) -> list[Any]:
+        """Trainable weights and BatchNorm statistics; not the random layers' seed state."""
+        moving = [v for v in self.model.non_trainable_variables if "moving_" in v.path]
+        return [*self.model.trainable_variables, *moving]
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.slow = [keras.ops.convert_to_numpy(v) for v in self.averaged_variables()]
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if (batch + 1) % self.every == 0:
+            self.synchronise()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.synchronise()
+
+    def synchronise(self) -> None:
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        decay = self.final_decay * min(1.0, step / self.total_steps) ** 3
+        for index, variable in enumerate(self.averaged_variables()):
+            fast = keras.ops.convert_to_numpy(variable)
+            self.slow[index] = decay * self.slow[index] + (1.0 - decay) * fast
+            variable.assign(self.slow[index])
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Saves model + optimizer state and the callbacks' counters after every epoch, atomically.
 
@@ -147,8 +187,11 @@ class CtrlCStop(keras.callbacks.Callback):
 
 
 def build_callbacks(config: TrainConfig, run_dir: Path, resume_state: dict[str, Any] | None,
-                    progress: keras.callbacks.Callback | None = None) -> list[keras.callbacks.Callback]:
+                    progress: keras.callbacks.Callback | None = None,
+                    steps_per_epoch: int = 1) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [CtrlCStop(), LearningRateLogger()]
+    if config.lookahead:
+        callbacks.append(Lookahead(total_steps=config.epochs * steps_per_epoch))
     early_stopping = reduce_lr = None
     if config.uses_validation and config.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(

@@ -42,6 +42,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, object]] = {
         "label_smoothing": 0.2,
         "lr_schedule": "one-cycle",
         "use_ema": False,
+        "lookahead": True,
         "early_stopping_patience": 0,
         "validation_split": 0.0,
     },
@@ -75,6 +76,7 @@ class TrainConfig(BaseModel):
     global_clipnorm: float | None = Field(None, gt=0)
     use_ema: bool | None = None
     ema_momentum: float | None = Field(None, ge=0, lt=1)
+    lookahead: bool | None = None
     lr_schedule: Schedule | None = None
     l2: float | None = Field(None, ge=0)
     dropout: float | None = Field(None, ge=0, lt=1)
@@ -116,6 +118,7 @@ class TrainConfig(BaseModel):
             "nesterov": False,
             "use_ema": False,
             "ema_momentum": 0.99,
+            "lookahead": False,
             "lr_schedule": "constant",
             "label_smoothing": 0.0,
             "validation_split": 0.2,

@@ -100,6 +100,7 @@ def import_model(path: Path, name: str, input_scaling: str, data: Dataset | None
         "preprocessing": SCALING_DESCRIPTIONS[scaling],
         "input_scaling": scaling,
         "flip_tta": False,
+        "translate_tta": False,
         "config": {"imported_from": str(path.resolve()), "format": model_format},
         "metrics": metrics,
         "per_class": per_class,

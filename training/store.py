@@ -161,18 +161,32 @@ def load_network(path: Path, model_format: str) -> Any:
     return tf_keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-def compile_inference(network: Any, input_scaling: str, flip_tta: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """A traced inference function with a fixed uint8 signature: no per-call Python overhead."""
+def compile_inference(
+    network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A traced inference function with a fixed uint8 signature: no per-call Python overhead.
+
+    `flip_tta` averages the image and its mirror; `translate_tta` also averages (with equal weight to
+    those two) the mirrored pair shifted one pixel up-left and one down-right, as airbench evaluates.
+    """
     import tensorflow as tf
 
     scale, offset = INPUT_SCALINGS[input_scaling]
 
-    def forward(images: tf.Tensor) -> tf.Tensor:
-        x = images if input_scaling == "uint8" else tf.cast(images, tf.float32) * scale + offset
+    def mirrored(x: tf.Tensor) -> tf.Tensor:
         probabilities = tf.cast(network(x, training=False), tf.float32)
         if flip_tta:
             flipped = tf.cast(network(tf.reverse(x, axis=[2]), training=False), tf.float32)
             probabilities = (probabilities + flipped) / 2.0
+        return probabilities
+
+    def forward(images: tf.Tensor) -> tf.Tensor:
+        x = images if input_scaling == "uint8" else tf.cast(images, tf.float32) * scale + offset
+        probabilities = mirrored(x)
+        if translate_tta:
+            padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+            shifted = (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:])) / 2.0
+            probabilities = (probabilities + shifted) / 2.0
         return probabilities
 
     traced = tf.function(
@@ -197,5 +211,6 @@ def load_predictor(tag: str) -> Predictor:
         network,
         input_scaling=metadata.get("input_scaling", "uint8"),
         flip_tta=bool(metadata.get("flip_tta", False)),
+        translate_tta=bool(metadata.get("translate_tta", False)),
     )
     return Predictor(tag=str(ref.tag), metadata=metadata, labels=dict(ref.info.labels), predict=predict)

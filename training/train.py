@@ -104,13 +104,14 @@ def to_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, 
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def uses_flip_tta(config: TrainConfig) -> bool:
+def uses_tta(config: TrainConfig) -> bool:
+    """The fast recipe is evaluated, and served, with flip and one-pixel translation test-time augmentation."""
     return config.model == "fast"
 
 
 def evaluate(model: keras.Model, config: TrainConfig, data: Dataset) -> dict[str, Any]:
     """Test and train metrics through the same compiled inference function the service uses."""
-    predict = store.compile_inference(model, "uint8", flip_tta=uses_flip_tta(config))
+    predict = store.compile_inference(model, "uint8", flip_tta=uses_tta(config), translate_tta=uses_tta(config))
     def probabilities(x: np.ndarray) -> np.ndarray:
         return np.concatenate([predict(x[i : i + 1024]) for i in range(0, len(x), 1024)])
     test = report.evaluation_report(probabilities(data.x_test), data.y_test, data.class_names)
@@ -154,7 +155,7 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, r
     )
     label = f"{config.model}/{config.optimizer}"
     progress = RichProgress(label, config.epochs, steps_per_epoch, console)
-    callbacks = build_callbacks(config, run_dir, resume_state, progress)
+    callbacks = build_callbacks(config, run_dir, resume_state, progress, steps_per_epoch)
     checkpoint = next(c for c in callbacks if hasattr(c, "resume_state"))
 
     check_disk_space([run_dir, store.model_store_dir()], int(model.count_params()))
@@ -214,7 +215,8 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, r
         "parameters": parameters,
         "preprocessing": PREPROCESSING[config.model],
         "input_scaling": "uint8",
-        "flip_tta": uses_flip_tta(config),
+        "flip_tta": uses_tta(config),
+        "translate_tta": uses_tta(config),
         "config": json.loads(config.model_dump_json()),
         "optimizer": optimizer_summary(model.optimizer),
         "metrics": metrics,
