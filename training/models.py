@@ -13,12 +13,12 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 PREPROCESSING: dict[str, str] = {
     "cnn": "uint8 RGB -> float / 255 (range [0, 1]), inside the model",
-    "cnn-bn": "uint8 RGB -> float / 255, random flip + translation (training only), inside the model; "
-    "flip and one-pixel translation test-time augmentation at inference",
+    "cnn-bn": "uint8 RGB -> float / 255, random flip + translation (training only), inside the model",
     "mlp": "uint8 RGB -> float / 127.5 - 1 (range [-1, 1]), flattened, inside the model",
     "fast": "uint8 RGB -> per-channel standardised, random flip + translation (training only), "
-    "frozen 2x2 patch whitening, inside the model; flip and one-pixel translation test-time augmentation at inference",
+    "frozen 2x2 patch whitening, inside the model",
 }
+TTA_DESCRIPTION = "; flip and one-pixel translation test-time augmentation at inference"
 
 
 def uint8_input() -> keras.KerasTensor:

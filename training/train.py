@@ -20,7 +20,7 @@ from training import report, scale, store
 from training.callbacks import CHECKPOINT_FILE, build_callbacks, read_resume_state
 from training.config import TrainConfig
 from training.data import Dataset
-from training.models import PREPROCESSING, build_cnn, build_cnn_bn, build_fast, build_mlp, whitening_filters
+from training.models import PREPROCESSING, TTA_DESCRIPTION, build_cnn, build_cnn_bn, build_fast, build_mlp, whitening_filters
 from training.optimizers import build_optimizer, optimizer_summary
 from training.progress import RichProgress
 
@@ -225,14 +225,15 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, r
 
     model_path = run_dir / MODEL_FILE
     model.save(model_path)
+    tta = uses_tta(config)
     metadata = {
         "class_names": data.class_names,
         "architecture": config.model,
         "parameters": parameters,
-        "preprocessing": PREPROCESSING[config.model],
+        "preprocessing": PREPROCESSING[config.model] + (TTA_DESCRIPTION if tta else ""),
         "input_scaling": "uint8",
-        "flip_tta": uses_tta(config),
-        "translate_tta": uses_tta(config),
+        "flip_tta": tta,
+        "translate_tta": tta,
         "config": json.loads(config.model_dump_json()),
         "optimizer": optimizer_summary(model.optimizer),
         "metrics": metrics,
