@@ -66,7 +66,7 @@ def test_only_exact_cases_take_the_forward_convolution() -> None:
     assert not cpu_kernels.is_same_odd_stride_one(FakeOp((3, 3, 2, 4), padding=b"VALID"))
 
 
-def test_installed_once_and_reversible_to_tensorflows() -> None:
+def test_installed_once_over_tensorflows_own_gradient() -> None:
     assert cpu_kernels.use_forward_conv_for_input_gradient()
     assert cpu_kernels.use_forward_conv_for_input_gradient()  # cached: not wrapped twice
     registered = ops._gradient_registry.lookup("Conv2D")
