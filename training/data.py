@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -10,9 +9,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from training.store import CIFAR10_CLASSES
+from contract.card import CIFAR10_CLASSES
+from contract.images import ImageError
+from contract.images import decode_image as decode_image_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
@@ -152,13 +152,10 @@ def find_official_folder(root: Path) -> Path | None:
 
 
 def decode_image(raw: bytes, where: str) -> np.ndarray:
+    """The service's decoder, so a model sees the same pixels in training as when it is served."""
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image = image.convert("RGB")
-            if image.size != (32, 32):
-                image = image.resize((32, 32), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return decode_image_bytes(raw)
+    except ImageError as error:
         raise DataError(f"cannot read image {where}: {error}") from None
 
 

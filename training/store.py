@@ -1,4 +1,4 @@
-"""The BentoML model store: what training writes and serving reads, with one metadata schema."""
+"""Writing to the BentoML model store: one complete entry per save, described by its model card."""
 
 from __future__ import annotations
 
@@ -6,32 +6,15 @@ import os
 import platform
 import shutil
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import bentoml
 import numpy as np
 from bentoml._internal.models.model import ModelStore  # a staging store for atomic saves
 
-CIFAR10_CLASSES: list[str] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]
-INPUT_SHAPE: list[int] = [32, 32, 3]
-INPUT_DTYPE = "uint8"
-
-# How a stored model file is loaded; "keras" files are Keras 3, the others come through tf-keras.
-FORMAT_FILES: dict[str, str] = {
-    "keras": "model.keras",
-    "tf-keras-h5": "model.h5",
-    "tf-keras-savedmodel": "saved_model",
-}
-# How the stored network expects its input; "uint8" means it scales inside itself.
-INPUT_SCALINGS: dict[str, tuple[float, float]] = {
-    "uint8": (1.0, 0.0),
-    "0-1": (1 / 255.0, 0.0),
-    "-1-1": (1 / 127.5, -1.0),
-}
+from contract.card import FORMAT_FILES, ModelCard
 
 
 def framework_versions() -> dict[str, str]:
@@ -66,25 +49,23 @@ def without_none(value: Any) -> Any:
 def save_model(
     name: str,
     model_file: Path,
-    model_format: str,
-    metadata: dict[str, Any],
+    card: ModelCard,
     labels: dict[str, str],
+    extra_files: Sequence[Path] = (),
 ) -> str:
-    """Copy a saved model file into a new store entry; returns its tag.
+    """Copy a saved model file (and `extra_files`, such as plots) into a new store entry; returns its tag.
 
     The entry is built complete in a staging folder beside the store (same file system) and moved
     in with one rename, so a save that is interrupted at any point, even by SIGKILL, leaves either
     the whole model in the store or nothing.
     """
-    target = FORMAT_FILES[model_format]
-    full_metadata = without_none({
-        "format": model_format,
+    target = FORMAT_FILES[card.format]
+    card = card.model_copy(update={
         "model_file": target,
-        "input_shape": INPUT_SHAPE,
-        "input_dtype": INPUT_DTYPE,
-        "framework_versions": framework_versions(),
-        **metadata,
+        "framework_versions": card.framework_versions or framework_versions(),
+        "plots": [path.name for path in extra_files],
     })
+    full_metadata = without_none(card.to_metadata())
     store_dir = model_store_dir()
     staging = staging_dir(store_dir)
     try:
@@ -96,6 +77,8 @@ def save_model(
                 shutil.copytree(model_file, destination)
             else:
                 shutil.copyfile(model_file, destination)
+            for extra in extra_files:
+                shutil.copyfile(extra, Path(ref.path) / extra.name)
         tag = ref.tag
         (store_dir / tag.name).mkdir(parents=True, exist_ok=True)
         os.rename(staging / tag.path(), store_dir / tag.path())
@@ -134,83 +117,3 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-@dataclass
-class Predictor:
-    """A stored model ready for inference: uint8 (n, 32, 32, 3) in, class probabilities out."""
-
-    tag: str
-    metadata: dict[str, Any]
-    labels: dict[str, str]
-    predict: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.metadata.get("class_names", CIFAR10_CLASSES))
-
-
-def load_network(path: Path, model_format: str) -> Any:
-    """Load a stored network file safely (no arbitrary code from the file)."""
-    if model_format == "keras":
-        import keras
-
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    import tf_keras
-
-    return tf_keras.models.load_model(path, compile=False, safe_mode=True)
-
-
-def compile_inference(
-    network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False
-) -> Callable[[np.ndarray], np.ndarray]:
-    """A traced inference function with a fixed uint8 signature: no per-call Python overhead.
-
-    `flip_tta` averages the image and its mirror; `translate_tta` also averages (with equal weight to
-    those two) the mirrored pair shifted one pixel up-left and one down-right, as airbench evaluates.
-    """
-    import tensorflow as tf
-
-    scale, offset = INPUT_SCALINGS[input_scaling]
-
-    def mirrored(x: tf.Tensor) -> tf.Tensor:
-        probabilities = tf.cast(network(x, training=False), tf.float32)
-        if flip_tta:
-            flipped = tf.cast(network(tf.reverse(x, axis=[2]), training=False), tf.float32)
-            probabilities = (probabilities + flipped) / 2.0
-        return probabilities
-
-    def forward(images: tf.Tensor) -> tf.Tensor:
-        x = images if input_scaling == "uint8" else tf.cast(images, tf.float32) * scale + offset
-        probabilities = mirrored(x)
-        if translate_tta:
-            padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-            shifted = (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:])) / 2.0
-            probabilities = (probabilities + shifted) / 2.0
-        return probabilities
-
-    traced = tf.function(
-        forward,
-        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)],
-        reduce_retracing=True,
-    )
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        return traced(tf.constant(images, dtype=tf.uint8)).numpy()
-
-    return predict
-
-
-def load_predictor(tag: str) -> Predictor:
-    """Load `name:version` (or `name:latest`) from the store; raises bentoml's NotFound if absent."""
-    ref = bentoml.models.get(tag)
-    metadata = dict(ref.info.metadata)
-    model_format = metadata.get("format", "keras")
-    network = load_network(Path(ref.path) / FORMAT_FILES[model_format], model_format)
-    predict = compile_inference(
-        network,
-        input_scaling=metadata.get("input_scaling", "uint8"),
-        flip_tta=bool(metadata.get("flip_tta", False)),
-        translate_tta=bool(metadata.get("translate_tta", False)),
-    )
-    return Predictor(tag=str(ref.tag), metadata=metadata, labels=dict(ref.info.labels), predict=predict)

@@ -1,7 +1,8 @@
-"""Uploaded bytes -> validated uint8 (32, 32, 3) arrays, with errors a client can act on.
+"""Image bytes -> validated uint8 (32, 32, 3) arrays: the one decoder of training and serving.
 
-We decode ourselves (not BentoML's PIL field) so that the declared Content-Type is ignored and
-every bad file becomes a 4xx with a one-line reason instead of a 500.
+The image-folder loader and the service both call `decode_image`, so a file gives the same pixels
+when a model is trained on it and when it is served. The service decodes itself (not BentoML's PIL
+field) so that the declared Content-Type is ignored and every bad file is a 4xx with a one-line reason.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ SIZE = (32, 32)
 # Formats we accept; others (EPS runs Ghostscript, etc.) are refused before any decoding.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 FORMAT_LIST = "PNG, JPEG, GIF, BMP, WebP, TIFF, PPM"
+DEFAULT_MAX_PIXELS = 40_000_000  # width * height; the service's CIFAR10_MAX_IMAGE_PIXELS default
 # We enforce our own (lower) pixel limit before decoding, so Pillow's warning is only log noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -28,7 +30,7 @@ class ImageError(ValueError):
         self.status_code = status_code
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode any supported image to RGB 32x32 uint8, whatever its format, mode or size."""
     if not data:
         raise ImageError("empty file (0 bytes): expected an image")

@@ -1,0 +1,115 @@
+"""A stored model ready for inference: uint8 (n, 32, 32, 3) in, class probabilities out.
+
+Used by the service, by training's evaluation and by import, so a model is scored exactly as it is
+served. TensorFlow, Keras and BentoML are imported when a model is loaded, not at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from contract.card import INPUT_SCALINGS, INPUT_SHAPE, ModelCard
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class UntrustedModel(Exception):
+    """An entry whose loading could run code from the model file, without the operator's consent."""
+
+
+@dataclass
+class Predictor:
+    tag: str
+    card: ModelCard
+    labels: dict[str, str]
+    predict: Predict
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card.class_names)
+
+
+def load_network(path: Path, model_format: str) -> Any:
+    """Load a network file. Only Keras 3 files load in safe mode; the legacy formats can run code
+    (HDF5 Lambda layers, SavedModel graph ops), so callers check trust before they get here."""
+    if model_format == "keras":
+        import keras
+
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    import tf_keras
+
+    return tf_keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def compile_inference(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False) -> Predict:
+    """A traced inference function with a fixed uint8 signature: no per-call Python overhead.
+
+    `flip_tta` averages the image and its mirror; `translate_tta` also averages (with equal weight to
+    those two) the mirrored pair shifted one pixel up-left and one down-right, as airbench evaluates.
+    """
+    import tensorflow as tf
+
+    scale, offset = INPUT_SCALINGS[input_scaling]
+
+    def mirrored(x: tf.Tensor) -> tf.Tensor:
+        probabilities = tf.cast(network(x, training=False), tf.float32)
+        if flip_tta:
+            flipped = tf.cast(network(tf.reverse(x, axis=[2]), training=False), tf.float32)
+            probabilities = (probabilities + flipped) / 2.0
+        return probabilities
+
+    def forward(images: tf.Tensor) -> tf.Tensor:
+        x = images if input_scaling == "uint8" else tf.cast(images, tf.float32) * scale + offset
+        probabilities = mirrored(x)
+        if translate_tta:
+            padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+            shifted = (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:])) / 2.0
+            probabilities = (probabilities + shifted) / 2.0
+        return probabilities
+
+    traced = tf.function(
+        forward,
+        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)],
+        reduce_retracing=True,
+    )
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return traced(tf.constant(images, dtype=tf.uint8)).numpy()
+
+    return predict
+
+
+def batched(predict: Predict, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Probabilities for any number of images, in fixed-size model calls."""
+    return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def read_card(tag: str) -> tuple[Any, ModelCard]:
+    """The store entry `name:version` (or `name:latest`) and its card; bentoml's NotFound if absent."""
+    import bentoml
+
+    ref = bentoml.models.get(tag)
+    return ref, ModelCard.from_metadata(dict(ref.info.metadata))
+
+
+def check_trust(tag: str, card: ModelCard, trust_model_code: bool) -> None:
+    """Refuse, before anything is deserialized, an entry that could run code, unless trusted."""
+    if card.needs_trust and not trust_model_code:
+        why = "was imported with --trust-model-code" if card.trusted_code else f"is a legacy {card.format} file"
+        raise UntrustedModel(
+            f"model '{tag}' {why}, and loading it can run code from the file; "
+            "set CIFAR10_TRUST_MODEL_CODE=1 to serve it anyway"
+        )
+
+
+def load_predictor(tag: str, trust_model_code: bool = False) -> Predictor:
+    """Load a store entry for inference, with the test-time augmentation its card names."""
+    ref, card = read_card(tag)
+    check_trust(str(ref.tag), card, trust_model_code)
+    network = load_network(Path(ref.path) / card.model_file, card.format)
+    predict = compile_inference(network, card.input_scaling, card.flip_tta, card.translate_tta)
+    return Predictor(tag=str(ref.tag), card=card, labels=dict(ref.info.labels), predict=predict)
