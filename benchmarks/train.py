@@ -25,6 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.recipes import RECIPES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,7 +94,7 @@ def plot_accuracy_against_time(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="CIFAR-10 source, as for train-cifar --data")
-    parser.add_argument("--recipe", action="append", default=[], choices=["cnn", "cnn-bn", "mlp", "fast"])
+    parser.add_argument("--recipe", action="append", default=[], choices=list(RECIPES))
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--epochs-grid", help="comma-separated epoch budgets: one run per budget and recipe")
     parser.add_argument("--limit", type=int, help="stratified subset (smoke runs)")

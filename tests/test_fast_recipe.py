@@ -5,9 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from contract.predictor import compile_inference
 from training.callbacks import Lookahead
 from training.config import TrainConfig
-from training.store import compile_inference
+from training.recipes import FAST
 
 
 def tiny_model() -> keras.Model:
@@ -39,7 +40,7 @@ def test_lookahead_moves_the_weights_part_way_back_to_the_slow_copy() -> None:
 
 def test_lookahead_averages_batchnorm_statistics_but_starts_as_plain_training() -> None:
     model = tiny_model()
-    lookahead = Lookahead(total_steps=10)
+    lookahead = Lookahead(10, FAST.lookahead.every, FAST.lookahead.final_decay)
     lookahead.set_model(model)
     names = [v.path for v in lookahead.averaged_variables()]
     assert any("moving_mean" in n for n in names) and any("moving_variance" in n for n in names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,19 +121,63 @@ def test_keras_download_failure_is_a_data_error(monkeypatch: pytest.MonkeyPatch)
 
 def test_published_parameter_counts() -> None:
     from training.models import build_cnn, build_mlp
+    from training.recipes import CNN, MLP
 
-    assert build_cnn().count_params() == 545_098
-    assert build_mlp().count_params() == 5_955_466
+    assert build_cnn(CNN).count_params() == 545_098
+    assert build_mlp(MLP).count_params() == 5_955_466
 
 
 def test_every_model_takes_uint8_and_gives_probabilities() -> None:
     from training.models import build_cnn_bn, build_fast, whitening_filters
+    from training.recipes import CNN_BN, FAST
 
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    for model in (build_cnn_bn(), build_fast(whitening_filters(images))):
+    for model in (build_cnn_bn(CNN_BN), build_fast(FAST, whitening_filters(images, FAST.whitening))):
         probabilities = model.predict(images, verbose=0)
         assert probabilities.shape == (8, 10)
         assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_the_recipe_is_the_single_source_of_its_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Change the fast recipe's numbers and the model, schedule, Lookahead and defaults all follow."""
+    import inspect
+
+    from training import models, recipes
+    from training.callbacks import Lookahead, build_callbacks
+    from training.config import TrainConfig
+    from training.optimizers import learning_rate
+    from training.train import build_model
+
+    changed = recipes.FAST.model_copy(update={
+        "training": recipes.FAST.training.model_copy(update={"epochs": 3, "l2": 1e-5}),
+        "batchnorm": recipes.BatchNorm(momentum=0.7, epsilon=1e-3),
+        "one_cycle": recipes.OneCycle(warmup_share=0.5, start_divisor=4),
+        "lookahead": recipes.LookaheadAveraging(every=7, final_decay=0.25),
+        "augmentation": recipes.Augmentation(translate=0.25),
+        "whitening": recipes.Whitening(patch=3, images=20, eps=1e-2),
+        "widths": (8, 16, 16),
+        "temperature": 0.5,
+    })
+    monkeypatch.setitem(recipes.RECIPES, "fast", changed)
+    config = TrainConfig(model="fast").resolved()
+    assert (config.epochs, config.l2, config.batch_size) == (3, 1e-5, 512)
+
+    data = load_dataset(str(OFFICIAL), validation_split=0.0, seed=0)
+    model = build_model(config, data)
+    norms = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    assert len(norms) == 6 and {(n.momentum, n.epsilon) for n in norms} == {(0.7, 1e-3)}
+    assert model.get_layer("whiten").kernel.shape == (3, 3, 3, changed.whitening.width) == (3, 3, 3, 54)
+    assert model.get_layer("temperature").scale == 0.5
+    assert model.get_layer("random_translation").height_factor == 0.25
+    assert model.get_layer("logits").kernel_regularizer.l2 == pytest.approx(1e-5)
+    assert [layer.filters for layer in model.layers if layer.__class__.__name__ == "Conv2D"][1::2] == [8, 16, 16]
+
+    schedule = learning_rate(config, steps_per_epoch=10)  # 3 epochs x 10 steps
+    assert schedule.warmup_steps == 15 and schedule.initial_learning_rate == config.lr / 4
+    lookahead = next(c for c in build_callbacks(config, tmp_path, None) if isinstance(c, Lookahead))
+    assert (lookahead.every, lookahead.final_decay) == (7, 0.25)
+    for builder in (models.build_cnn, models.build_cnn_bn, models.build_mlp, models.build_fast):
+        assert not {"l2", "dropout", "augment", "widths"} & set(inspect.signature(builder).parameters)
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -143,6 +188,9 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     result = train_cifar("--data", str(OFFICIAL), *QUICK, "--output", str(run), "--seed", "7", env=store_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout and "545,098 parameters" in result.stdout
+    report = json.loads((run / "report.json").read_text())
+    printed_time = re.search(r"1 epochs in (\d+) s", result.stdout)
+    assert printed_time and int(printed_time[1]) == round(report["training_time_s"]), result.stdout
     tag = saved_tag(result.stdout)
     info = stored_model(tag, store_env)
     meta = info["metadata"]
@@ -152,16 +200,17 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     assert meta["architecture"] == "cnn" and meta["parameters"] == 545_098
     assert meta["config"]["optimizer"] == "adam" and meta["config"]["lr"] == 0.001 and meta["config"]["seed"] == 7
     assert meta["optimizer"]["name"] == "adam" and meta["optimizer"]["beta_1"] == 0.9
-    assert set(meta["metrics"]) >= {"test_accuracy", "test_loss", "train_accuracy", "best_val_accuracy", "epochs_run"}
+    assert meta["metrics"] == report["metrics"] and meta["metrics"]["epochs_run"] == 1
     assert meta["data"] == {"source": str(OFFICIAL), "train_size": 80, "val_size": 20, "test_size": 50}
     assert {"tensorflow", "keras", "bentoml", "python"} <= set(meta["framework_versions"])
-    assert meta["training_time_s"] > 0
+    assert meta["training_time_s"] == round(report["training_time_s"], 2) and report["training_time_s"] > 0
     for name in ("config.json", "history.csv", "curves.png", "confusion_matrix.png", "report.json", "model.keras"):
         assert (run / name).exists(), name
     assert any((run / "tensorboard").rglob("*.v2"))
-    report = json.loads((run / "report.json").read_text())
     assert set(report["per_class"]["cat"]) == {"precision", "recall", "f1", "support"}
     assert np.array(report["confusion_matrix"]).sum() == 50
+    correct = np.trace(np.array(report["confusion_matrix"]))
+    assert report["metrics"]["test_accuracy"] == pytest.approx(correct / 50)
     history = (run / "history.csv").read_text().splitlines()
     assert "learning_rate" in history[0] and len(history) == 2
 
@@ -269,6 +318,36 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str, store_en
     assert "Traceback" not in result.stderr
 
 
+def test_a_first_run_starts_with_our_own_line_not_tensorflow_noise(tmp_path: Path, store_env: dict[str, str]) -> None:
+    env = {key: value for key, value in store_env.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    args = [*TRAIN_CIFAR, "--data", str(TREE_ARCHIVE), "--epochs", "1", "--output", str(tmp_path / "run")]
+    result = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"loading CIFAR-10 from {TREE_ARCHIVE} ...", lines[:5]
+    assert not [line for line in lines if "absl::InitializeLog" in line or "cuInit" in line or "cudart" in line]
+
+
+def test_start_up_filter_drops_tensorflow_chatter_and_keeps_everything_else(capfd: pytest.CaptureFixture[str]) -> None:
+    from training.cli import filtered_stderr, is_tensorflow_noise
+
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1795694187.957690    5292 cudart_stub.cc:31] Could not find cuda drivers on your machine.",
+        "E0000 00:00:1795694191.604987    5292 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)",
+    ]
+    kept = ["E0000 00:00:1795694191.604987    5292 some_op.cc:52] a real error", "Traceback: ours"]
+    with filtered_stderr(is_tensorflow_noise):
+        os.write(2, "\n".join(noise + kept).encode() + b"\n")
+    assert capfd.readouterr().err.splitlines() == kept
+    with pytest.raises(ImportError), filtered_stderr(is_tensorflow_noise):
+        os.write(2, "\n".join(noise).encode() + b"\n")
+        raise ImportError("a failed import shows everything it wrote")
+    assert capfd.readouterr().err.splitlines() == noise
+
+
 def test_unwritable_output_fails_before_training(tmp_path: Path, store_env: dict[str, str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -276,11 +355,17 @@ def test_unwritable_output_fails_before_training(tmp_path: Path, store_env: dict
     assert result.returncode == 2 and "cannot write the run folder" in result.stderr
 
 
+CARD = (
+    "from contract.card import ModelCard\n"
+    "card = ModelCard(class_names=list('abcdefghij'), architecture='test', parameters=0, preprocessing='',"
+    " framework_versions={'python': '3'})\n"
+)
 SAVE_BIG_MODEL = (
     "import pathlib, sys\n"
     "from training.store import save_model\n"
-    "big = pathlib.Path(sys.argv[1])\n"
-    "print(save_model('big', big, 'keras', {'class_names': list('abcdefghij')}, {}), flush=True)\n"
+    + CARD
+    + "big = pathlib.Path(sys.argv[1])\n"
+    "print(save_model('big', big, card, {}), flush=True)\n"
 )
 
 
@@ -313,15 +398,17 @@ def test_failed_save_leaves_no_partial_model(tmp_path: Path, store_env: dict[str
     code = (
         "import bentoml, pathlib, sys\n"
         "from training.store import save_model\n"
-        "try:\n"
-        "    save_model('half', pathlib.Path(sys.argv[1]), 'keras', {}, {})\n"
+        + CARD
+        + "try:\n"
+        "    save_model('half', pathlib.Path(sys.argv[1]), card, {})\n"
         "except FileNotFoundError:\n"
-        "    pass\n"
+        "    print('FileNotFoundError')\n"
         "print(len(bentoml.models.list()))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.keras")], cwd=ROOT,
                             capture_output=True, text=True, env=store_env)
-    assert result.stdout.strip().endswith("0"), result.stderr[-2000:]
+    assert result.stdout.split() == ["FileNotFoundError", "0"], result.stderr[-2000:]
+    assert not list((Path(store_env["BENTOML_HOME"]) / "cifar-serve-staging").iterdir())
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -357,18 +444,26 @@ def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store
     result = train_cifar("import", str(path), "--data", str(OFFICIAL), "--name", "imported", *scaling, env=store_env)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = stored_model("imported:latest", store_env)["metadata"]
-    expected_format = {"h5": "tf-keras-h5", "savedmodel": "tf-keras-savedmodel", "keras": "keras"}[kind]
-    assert meta["format"] == expected_format
+    # a clean legacy file is stored converted to Keras 3 (served in safe mode); the card keeps its own format
+    source_format = {"h5": "tf-keras-h5", "savedmodel": "tf-keras-savedmodel", "keras": "keras"}[kind]
+    assert meta["format"] == "keras" and meta["config"]["format"] == source_format
     expected_scaling = {"h5": {"0-1"}, "savedmodel": {"0-1", "-1-1"}, "keras": {"uint8"}}[kind]
     assert meta["input_scaling"] in expected_scaling
-    assert 0 <= meta["metrics"]["test_accuracy"] <= 1 and meta["data"]["test_size"] == 50
+    assert meta["data"]["test_size"] == 50
 
+    # the stored accuracy is the one the served model gets on the same test images
     check = subprocess.run(
-        [sys.executable, "-c", "import numpy as np; from training.store import load_predictor;"
-         "p = load_predictor('imported:latest'); print(p.predict(np.zeros((2, 32, 32, 3), np.uint8)).sum())"],
+        [sys.executable, "-c", "import sys, numpy as np; from contract.predictor import load_predictor;"
+         "from training.data import load_dataset; data = load_dataset(sys.argv[1], 0.0, 0);"
+         "p = load_predictor('imported:latest', trust_model_code=True); probabilities = p.predict(data.x_test);"
+         "print(probabilities.sum(axis=1).min(), np.mean(probabilities.argmax(axis=1) == data.y_test))",
+         str(OFFICIAL)],
         cwd=ROOT, capture_output=True, text=True, env=store_env,
     )
-    assert check.returncode == 0 and abs(float(check.stdout.split()[-1]) - 2.0) < 1e-4, check.stderr[-2000:]
+    assert check.returncode == 0, check.stderr[-2000:]
+    smallest_sum, served_accuracy = map(float, check.stdout.split()[-2:])
+    assert abs(smallest_sum - 1.0) < 1e-4
+    assert abs(served_accuracy - meta["metrics"]["test_accuracy"]) <= 1 / 50 + 1e-9, (served_accuracy, meta)
 
 
 def test_import_rejects_a_model_of_the_wrong_shape(tmp_path: Path, store_env: dict[str, str]) -> None:

@@ -36,7 +36,7 @@ class Lookahead(keras.callbacks.Callback):
     (and so `--resume`) holds the averaged weights and the finished model is the slow copy.
     """
 
-    def __init__(self, total_steps: int, every: int = 5, final_decay: float = 0.95**5) -> None:
+    def __init__(self, total_steps: int, every: int, final_decay: float) -> None:
         super().__init__()
         self.total_steps = max(1, total_steps)
         self.every = every
@@ -141,6 +141,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 def read_resume_state(checkpoint_folder: Path) -> dict[str, Any] | None:
+    """The last finished epoch's state, or None unless both it and its checkpoint were written."""
     state_file = checkpoint_folder / STATE_FILE
     if not state_file.exists() or not (checkpoint_folder / CHECKPOINT_FILE).exists():
         return None
@@ -189,9 +190,11 @@ class CtrlCStop(keras.callbacks.Callback):
 def build_callbacks(config: TrainConfig, run_dir: Path, resume_state: dict[str, Any] | None,
                     progress: keras.callbacks.Callback | None = None,
                     steps_per_epoch: int = 1) -> list[keras.callbacks.Callback]:
+    """The run's callbacks in the order that makes resume exact (RunCheckpoint after the ones it restores)."""
     callbacks: list[keras.callbacks.Callback] = [CtrlCStop(), LearningRateLogger()]
     if config.lookahead:
-        callbacks.append(Lookahead(total_steps=config.epochs * steps_per_epoch))
+        averaging = config.recipe.lookahead
+        callbacks.append(Lookahead(config.epochs * steps_per_epoch, averaging.every, averaging.final_decay))
     early_stopping = reduce_lr = None
     if config.uses_validation and config.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(

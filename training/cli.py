@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import sys
+import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from enum import Enum
-from typing import Annotated, Optional, get_args
+from pathlib import Path
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 from pydantic import ValidationError
@@ -18,6 +22,7 @@ from rich.table import Table
 
 from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
+from training.recipes import CNN, FAST, LOOKAHEAD, MLP
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -45,7 +50,17 @@ class UserError(Exception):
     """An error the user can fix: printed as one line, exit code 2."""
 
 
+# TrainConfig's own defaults: the signature below reads them from here and restates none.
+DEFAULTS = TrainConfig()
+
+
+def short(number: float) -> str:
+    """A recipe number as the help text writes it: 1e-3, not 0.001."""
+    return f"{number:.0e}".replace("e-0", "e-") if 0 < number < 0.01 else f"{number:g}"
+
+
 def make_config(**flags: object) -> TrainConfig:
+    """The flags the user gave as a TrainConfig; a flag left unset (None) takes TrainConfig's default."""
     values = {key: value.value if isinstance(value, Enum) else value for key, value in flags.items()}
     try:
         return TrainConfig(**{key: value for key, value in values.items() if value is not None})
@@ -55,20 +70,70 @@ def make_config(**flags: object) -> TrainConfig:
         raise UserError(f"invalid value for {field}: {first['msg']}") from None
 
 
+def config_from(params: dict[str, Any]) -> TrainConfig:
+    """The command's parameters that are TrainConfig fields (the repeatable --optimizer is planned apart)."""
+    fields = set(TrainConfig.model_fields) - {"optimizer"}
+    return make_config(**{key: value for key, value in params.items() if key in fields})
+
+
+# TensorFlow's log lines (absl format): severity, date, time, thread, file:line] message
+TF_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] (.*)$")
+CUDA_PROBE = re.compile(r"cuda|cuInit|cuDNN|cuFFT|cuBLAS|TensorRT", re.IGNORECASE)
+
+
+def is_tensorflow_noise(line: str) -> bool:
+    """TensorFlow's start-up chatter: absl's pre-init banner, info and warnings, errors of the CUDA probe."""
+    if line.startswith("WARNING: All log messages before absl::InitializeLog() is called"):
+        return True
+    match = TF_LOG_LINE.match(line)
+    return bool(match) and (match[1] in "IW" or (match[1] == "E" and bool(CUDA_PROBE.search(match[2]))))
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: Callable[[str], bool]) -> Iterator[None]:
+    """Capture file descriptor 2 (C++ code writes there, not to sys.stderr), then pass on every line that
+    is not noise, or every line if the block raised, so no error is ever hidden."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        raised = True
+        try:
+            yield
+            raised = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if raised or not noise(line)))
+            sys.stderr.flush()
+
+
+def start_tensorflow(verbose: bool) -> tuple[str, ...]:
+    """Import TensorFlow and probe its devices before any op; their C++ start-up log (CUDA probe, oneDNN
+    notes), written before any Python setting applies, is filtered out of stderr unless --verbose."""
+    with contextlib.nullcontext() if verbose else filtered_stderr(is_tensorflow_noise):
+        from training.scale import configure_devices
+
+        return configure_devices()
+
+
 @app.callback(invoke_without_command=True)
 def train_command(
     ctx: typer.Context,
     data: Annotated[Optional[str], typer.Option(help="CIFAR-10 source: cifar-10-python.tar.gz, cifar-10-batches-py/, or an image tree (train/<class>/, test/<class>/) as a folder or .tar.gz. Default: the Keras download.")] = None,
-    model: Annotated[Model, typer.Option( help="Architecture: cnn (published small CNN), cnn-bn (BatchNorm + augmentation), mlp (deep MLP), fast (airbench-style).")] = Model.cnn,
-    optimizer: Annotated[Optional[list[Optimizer]], typer.Option( help="Optimizer; repeat to train one model per optimizer and compare them. Default: adam (sgd for --model fast).")] = None,
+    model: Annotated[Model, typer.Option(help="Architecture: cnn (published small CNN), cnn-bn (BatchNorm + augmentation), mlp (deep MLP), fast (airbench-style).")] = Model(DEFAULTS.model),
+    optimizer: Annotated[Optional[list[Optimizer]], typer.Option(help="Optimizer; repeat to train one model per optimizer and compare them. Default: adam (sgd for --model fast).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (peak rate for schedules). Default: Keras' default for the optimizer.")] = None,
     momentum: Annotated[Optional[float], typer.Option(help="Momentum (sgd, rmsprop). Default 0.0.")] = None,
     nesterov: Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (sgd).")] = None,
-    beta_1: Annotated[Optional[float], typer.Option(help="beta_1 (adam, adamw). Default 0.9.")] = None,
-    beta_2: Annotated[Optional[float], typer.Option(help="beta_2 (adam, adamw). Default 0.999.")] = None,
-    epsilon: Annotated[Optional[float], typer.Option(help="epsilon (adam, adamw, rmsprop). Default 1e-7.")] = None,
+    beta_1: Annotated[Optional[float], typer.Option(help=f"beta_1 (adam, adamw). Default {DEFAULTS.beta_1}.")] = None,
+    beta_2: Annotated[Optional[float], typer.Option(help=f"beta_2 (adam, adamw). Default {DEFAULTS.beta_2}.")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help=f"epsilon (adam, adamw, rmsprop). Default {short(DEFAULTS.epsilon)}.")] = None,
     amsgrad: Annotated[Optional[bool], typer.Option("--amsgrad/--no-amsgrad", help="AMSGrad variant (adam, adamw).")] = None,
-    rho: Annotated[Optional[float], typer.Option(help="rho (rmsprop). Default 0.9.")] = None,
+    rho: Annotated[Optional[float], typer.Option(help=f"rho (rmsprop). Default {DEFAULTS.rho}.")] = None,
     centered: Annotated[Optional[bool], typer.Option("--centered/--no-centered", help="Centered RMSprop.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay. Default: none (0.004 for adamw).")] = None,
     clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm.")] = None,
@@ -76,65 +141,65 @@ def train_command(
     global_clipnorm: Annotated[Optional[float], typer.Option(help="Clip all gradients together to this norm.")] = None,
     use_ema: Annotated[Optional[bool], typer.Option("--use-ema/--no-use-ema", help="Keep an exponential moving average of the weights (Keras use_ema). Default off.")] = None,
     ema_momentum: Annotated[Optional[float], typer.Option(help="EMA momentum. Default 0.99.")] = None,
-    lookahead: Annotated[Optional[bool], typer.Option("--lookahead/--no-lookahead", help="Lookahead weight averaging every 5 steps, as in airbench (on for fast).")] = None,
-    lr_schedule: Annotated[Optional[Schedule], typer.Option( help="constant (with ReduceLROnPlateau), cosine decay, or one-cycle (warm-up then cosine). Default constant (one-cycle for fast).")] = None,
-    l2: Annotated[Optional[float], typer.Option(help="L2 factor on convolution kernels. Default per model (cnn 1e-3).")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate. Default per model (cnn 0.5).")] = None,
+    lookahead: Annotated[Optional[bool], typer.Option("--lookahead/--no-lookahead", help=f"Lookahead weight averaging every {LOOKAHEAD.every} steps, as in airbench (on for fast).")] = None,
+    lr_schedule: Annotated[Optional[Schedule], typer.Option(help="constant (with ReduceLROnPlateau), cosine decay, or one-cycle (warm-up then cosine). Default constant (one-cycle for fast).")] = None,
+    l2: Annotated[Optional[float], typer.Option(help=f"L2 factor on convolution kernels. Default per model (cnn {short(CNN.training.l2)}).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout rate. Default per model (cnn {short(CNN.training.dropout)}).")] = None,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random flip + translation during training (cnn-bn, fast).")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing. Default 0 (0.2 for fast).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs. Default per model (cnn 50, mlp 30).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size. Default per model (cnn 64, mlp 128).")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help=f"Label smoothing. Default 0 ({short(FAST.training.label_smoothing)} for fast).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Maximum epochs. Default per model (cnn {CNN.training.epochs}, mlp {MLP.training.epochs}).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Batch size. Default per model (cnn {CNN.training.batch_size}, mlp {MLP.training.batch_size}).")] = None,
     validation_split: Annotated[Optional[float], typer.Option(help="Shuffled, stratified share of the training set held out for validation. Default 0.2.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Train and test on a stratified subset of N images each (quick runs).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed for the split, initialisation and shuffling.")] = 42,
+    seed: Annotated[int, typer.Option(help="Random seed for the split, initialisation and shuffling.")] = DEFAULTS.seed,
     early_stopping_patience: Annotated[Optional[int], typer.Option(help="EarlyStopping patience on val_loss (best weights restored); 0 turns it off. Default 5.")] = None,
-    reduce_lr_factor: Annotated[float, typer.Option(help="ReduceLROnPlateau factor.")] = 0.5,
-    reduce_lr_patience: Annotated[int, typer.Option(help="ReduceLROnPlateau patience.")] = 3,
-    min_lr: Annotated[float, typer.Option(help="ReduceLROnPlateau lower bound.")] = 1e-6,
-    name: Annotated[str, typer.Option(help="Name in the BentoML model store.")] = "cifar10-cnn",
+    reduce_lr_factor: Annotated[float, typer.Option(help="ReduceLROnPlateau factor.")] = DEFAULTS.reduce_lr_factor,
+    reduce_lr_patience: Annotated[int, typer.Option(help="ReduceLROnPlateau patience.")] = DEFAULTS.reduce_lr_patience,
+    min_lr: Annotated[float, typer.Option(help="ReduceLROnPlateau lower bound.")] = DEFAULTS.min_lr,
+    name: Annotated[str, typer.Option(help="Name in the BentoML model store.")] = DEFAULTS.name,
     output: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<name>-<model>-<optimizer>-<time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder's last checkpoint (its saved flags are used).")] = None,
-    distribute: Annotated[Strategy, typer.Option( help="tf.distribute strategy; multi-worker reads TF_CONFIG.")] = Strategy.none,
+    distribute: Annotated[Strategy, typer.Option(help="tf.distribute strategy; multi-worker reads TF_CONFIG.")] = Strategy(DEFAULTS.distribute),
     mixed_precision: Annotated[Optional[bool], typer.Option("--mixed-precision/--no-mixed-precision", help="Mixed precision (default: on with a GPU).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also show TensorFlow's own start-up log (CUDA probe, oneDNN notes).")] = False,
 ) -> None:
     """Train (the default command)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from training.data import DataError, load_dataset
-    from training.scale import configure_devices
+    if ctx.invoked_subcommand is None:
+        run_training(ctx.params)
+
+
+def run_training(params: dict[str, Any]) -> None:
+    """Validate the flags, load the data once, train one model per optimizer, compare them if several."""
+    base = None if params["resume"] is not None else config_from(params)  # a bad flag fails before TensorFlow loads
+    start_tensorflow(params["verbose"])  # before any TensorFlow op, data loading included
+    from training.data import DataError
     from training.train import RunError
 
-    configure_devices()  # before any TensorFlow op, data loading included
     try:
-        if resume is not None:
-            runs = [load_resumed(resume)]
+        if base is None:
+            runs = [load_resumed(params["resume"])]
         else:
-            base = make_config(
-                data=data, model=model, lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1,
-                beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad, rho=rho, centered=centered,
-                weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-                use_ema=use_ema, ema_momentum=ema_momentum, lookahead=lookahead, lr_schedule=lr_schedule, l2=l2, dropout=dropout,
-                augment=augment, label_smoothing=label_smoothing, epochs=epochs, batch_size=batch_size,
-                validation_split=validation_split, limit=limit, seed=seed,
-                early_stopping_patience=early_stopping_patience, reduce_lr_factor=reduce_lr_factor,
-                reduce_lr_patience=reduce_lr_patience, min_lr=min_lr, name=name, output=output,
-                distribute=distribute, mixed_precision=mixed_precision,
-            )
-            runs = plan_runs(base, list(dict.fromkeys([o.value for o in optimizer or []] or [None])))
-        first = runs[0][0]
-        console.print(f"loading CIFAR-10 from {first.data or 'the Keras download'} ...")
-        dataset = load_dataset(first.data, first.validation_split, first.seed, first.limit)
-        console.print(
-            f"{len(dataset.y_train)} training, {len(dataset.y_val)} validation, {len(dataset.y_test)} test images"
-        )
-        results = [run_one(config, run_dir, dataset, resume is not None) for config, run_dir in runs]
+            runs = plan_runs(base, list(dict.fromkeys([o.value for o in params["optimizer"] or []] or [None])))
+        dataset = load_data(runs[0][0])
+        results = [run_one(config, run_dir, dataset, base is None) for config, run_dir in runs]
     except (DataError, RunError, UserError) as error:
         raise UserError(str(error)) from None
     if len(results) > 1:
-        print_comparison(results, comparison_dir(runs[0][0], output))
+        print_comparison(results, comparison_dir(runs[0][0], params["output"]))
 
 
-def load_resumed(run_dir: Path):
+def load_data(config: TrainConfig) -> Any:
+    """The run's data, said before and after: loading the full set takes a while."""
+    from training.data import load_dataset
+
+    console.print(f"loading CIFAR-10 from {config.data or 'the Keras download'} ...")
+    dataset = load_dataset(config.data, config.validation_split, config.seed, config.limit)
+    console.print(f"{len(dataset.y_train)} training, {len(dataset.y_val)} validation, {len(dataset.y_test)} test images")
+    return dataset
+
+
+def load_resumed(run_dir: Path) -> tuple[TrainConfig, Path]:
+    """The interrupted run's own saved config, so a resume trains exactly what was started."""
     from training.train import load_run_config
 
     if not run_dir.is_dir():
@@ -159,7 +224,8 @@ def plan_runs(base: TrainConfig, optimizers: list[str | None]) -> list[tuple[Tra
     return runs
 
 
-def run_one(config: TrainConfig, run_dir: Path, dataset, resume: bool):
+def run_one(config: TrainConfig, run_dir: Path, dataset: Any, resume: bool) -> Any:
+    """Train one config; Ctrl-C ends with the command that resumes it."""
     from training.train import train
 
     console.rule(f"{config.model} / {config.optimizer} -> {run_dir}")
@@ -172,40 +238,41 @@ def run_one(config: TrainConfig, run_dir: Path, dataset, resume: bool):
     console.print(
         f"[bold]{config.model}/{config.optimizer}[/]: train accuracy {m['train_accuracy']:.2%}, "
         f"test accuracy {m['test_accuracy']:.2%}, {result.parameters:,} parameters, "
-        f"{m['epochs_run']} epochs in {result_time(result):.0f} s"
+        f"{m['epochs_run']} epochs in {result.training_time_s:.0f} s"
     )
     console.print(f"saved to the model store as [bold]{result.tag}[/]; run folder {run_dir}")
     return result
 
 
-def result_time(result) -> float:
-    return json.loads((result.run_dir / "report.json").read_text())["training_time_s"]
-
-
 def comparison_dir(config: TrainConfig, output: Path | None) -> Path:
+    """Where the optimizer comparison goes: --output itself, or a new folder under runs/."""
     if output is not None:
         return output
     return Path("runs") / f"compare-{config.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def print_comparison(results: list, folder: Path) -> None:
+def comparison_row(result: Any) -> dict[str, Any]:
+    """One optimizer's line of comparison.json."""
+    m = result.metrics
+    return {
+        "optimizer": result.config.optimizer,
+        "best_val_accuracy": m["best_val_accuracy"],
+        "test_accuracy": m["test_accuracy"],
+        "epochs_run": m["epochs_run"],
+        "wall_time_s": round(result.training_time_s, 1),
+        "tag": result.tag,
+    }
+
+
+def print_comparison(results: list[Any], folder: Path) -> None:
+    """A table of the optimizers, and comparison.json and .png in `folder`."""
     from training.report import plot_comparison
 
     table = Table(title=f"optimizer comparison ({results[0].config.model})")
     for column in ("optimizer", "best val acc", "test acc", "epochs", "wall time (s)", "model tag"):
         table.add_column(column)
-    rows = []
-    for result in results:
-        m = result.metrics
-        row = {
-            "optimizer": result.config.optimizer,
-            "best_val_accuracy": m["best_val_accuracy"],
-            "test_accuracy": m["test_accuracy"],
-            "epochs_run": m["epochs_run"],
-            "wall_time_s": round(result_time(result), 1),
-            "tag": result.tag,
-        }
-        rows.append(row)
+    rows = [comparison_row(result) for result in results]
+    for row in rows:
         best_val = "-" if row["best_val_accuracy"] is None else f"{row['best_val_accuracy']:.2%}"
         table.add_row(row["optimizer"], best_val, f"{row['test_accuracy']:.2%}", str(row["epochs_run"]),
                       f"{row['wall_time_s']:.0f}", row["tag"])
@@ -224,8 +291,13 @@ def import_command(
     input_scaling: Annotated[Scaling, typer.Option( help="How the model expects pixels: uint8 (it scales itself), 0-1, -1-1, or auto (detect; tries each on test data).")] = Scaling.auto,
     data: Annotated[Optional[str], typer.Option(help="CIFAR-10 source to evaluate on (as for training). Default: the Keras download, skipped if unavailable.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on a stratified subset of N test images.")] = None,
+    trust_model_code: Annotated[bool, typer.Option("--trust-model-code", help="Import a legacy file even though it holds code (Lambda layers, custom classes, file-system ops): it stays in its legacy format and the service needs CIFAR10_TRUST_MODEL_CODE=1 to serve it.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show TensorFlow's start-up log (CUDA probe, oneDNN notes).")] = False,
 ) -> None:
-    """Register a model trained elsewhere, checked and evaluated, with the same metadata."""
+    """Register a model trained elsewhere, scanned for code, checked, converted to Keras 3 where safe, and evaluated."""
+    from rich.markup import escape
+
+    start_tensorflow(verbose)
     from training.data import DataError, load_dataset
     from training.importer import ModelImportError, import_model
 
@@ -237,12 +309,14 @@ def import_command(
         console.print(f"[yellow]no test data ({error}); the model is stored without test metrics[/]")
         dataset = None
     try:
-        result = import_model(path, name, input_scaling.value, dataset)
+        result = import_model(path, name, input_scaling.value, dataset, trust_model_code,
+                              warn=lambda message: console.print(f"[yellow]warning: {escape(message)}[/]"))
     except ModelImportError as error:
         raise UserError(str(error)) from None
-    accuracy = result.metrics.get("test_accuracy")
+    accuracy = result.metrics.test_accuracy
+    stored_as = f"{result.model_format} converted to keras" if result.converted else result.model_format
     console.print(
-        f"imported {path} ({result.model_format}, input {result.input_scaling}, {result.parameters:,} parameters"
+        f"imported {path} ({stored_as}, input {result.input_scaling}, {result.parameters:,} parameters"
         + (f", test accuracy {accuracy:.2%}" if accuracy is not None else "")
         + f") as [bold]{result.tag}[/]"
     )

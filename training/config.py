@@ -7,46 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ModelName = Literal["cnn", "cnn-bn", "mlp", "fast"]
-OptimizerName = Literal["adam", "sgd", "rmsprop", "adamw"]
-Schedule = Literal["constant", "cosine", "one-cycle"]
-Distribute = Literal["none", "mirrored", "multi-worker"]
+from training.recipes import RECIPES, ModelName, OptimizerName, Recipe, Schedule
 
-# Published settings of each recipe; a flag the user leaves unset takes these.
-RECIPE_DEFAULTS: dict[str, dict[str, object]] = {
-    "cnn": {"epochs": 50, "batch_size": 64, "l2": 1e-3, "dropout": 0.5, "augment": False},
-    "cnn-bn": {
-        "epochs": 30,
-        "batch_size": 128,
-        "l2": 1e-4,
-        "dropout": 0.25,
-        "augment": True,
-        "optimizer": "adam",
-        "lr": 3e-3,
-        "lr_schedule": "one-cycle",
-        "label_smoothing": 0.1,
-    },
-    "mlp": {"epochs": 30, "batch_size": 128, "l2": 0.0, "dropout": 0.2, "augment": False},
-    "fast": {
-        # airbench94's decoupled hyperparameters (lr 11.5 and weight decay 0.0153 per 1024 examples,
-        # summed loss) translated to Keras' mean loss at batch 512: lr 11.5 * 0.5 / (1 + 1 / 0.15)
-        "epochs": 10,
-        "batch_size": 512,
-        "l2": 6.5e-4,
-        "dropout": 0.0,
-        "augment": True,
-        "optimizer": "sgd",
-        "lr": 0.75,
-        "momentum": 0.85,
-        "nesterov": True,
-        "label_smoothing": 0.2,
-        "lr_schedule": "one-cycle",
-        "use_ema": False,
-        "lookahead": True,
-        "early_stopping_patience": 0,
-        "validation_split": 0.0,
-    },
-}
+Distribute = Literal["none", "mirrored", "multi-worker"]
 
 # Keras' own default learning rate for each optimizer.
 KERAS_DEFAULT_LR: dict[str, float] = {"adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3, "adamw": 1e-3}
@@ -104,7 +67,7 @@ class TrainConfig(BaseModel):
 
     def resolved(self) -> TrainConfig:
         """Fill every unset choice with the recipe's published value, then with Keras' default."""
-        recipe = RECIPE_DEFAULTS[self.model]
+        recipe = RECIPES[self.model].training.defaults()
         values = self.model_dump()
         optimizer = self.optimizer or str(recipe.get("optimizer", "adam"))
         values["optimizer"] = optimizer
@@ -139,3 +102,8 @@ class TrainConfig(BaseModel):
     @property
     def uses_validation(self) -> bool:
         return bool(self.validation_split)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The `--model` recipe carrying this run's l2, dropout and augmentation (resolve the config first)."""
+        return RECIPES[self.model].with_config(self)

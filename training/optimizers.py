@@ -8,19 +8,22 @@ from training.config import TrainConfig
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """A constant rate, a cosine decay over the whole run, or a one-cycle (linear warm-up, cosine down)."""
+    """A constant rate, a cosine decay over the whole run, or the recipe's one-cycle (linear warm-up, cosine down)."""
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=total_steps)
     if config.lr_schedule == "one-cycle":
-        warmup = max(1, total_steps // 5)
+        cycle = config.recipe.one_cycle
+        warmup = max(1, int(total_steps * cycle.warmup_share))
         return keras.optimizers.schedules.CosineDecay(
-            config.lr / 10, decay_steps=max(1, total_steps - warmup), warmup_target=config.lr, warmup_steps=warmup
+            config.lr / cycle.start_divisor, decay_steps=max(1, total_steps - warmup),
+            warmup_target=config.lr, warmup_steps=warmup,
         )
     return config.lr
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The chosen Keras optimizer with the run's schedule, clipping and EMA."""
     common = {
         "learning_rate": learning_rate(config, steps_per_epoch),
         "clipnorm": config.clipnorm,

@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class RichProgress(keras.callbacks.Callback):
+    """A transient bar for the running epoch, then one printed line per epoch that stays in the log."""
+
     def __init__(self, label: str, total_epochs: int, steps_per_epoch: int, console: Console) -> None:
         super().__init__()
         self.label = label

@@ -28,6 +28,7 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
 
 
 def per_class_scores(matrix: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class: overall accuracy hides the classes a model confuses."""
     true_positives = np.diag(matrix).astype(float)
     predicted = matrix.sum(axis=0)
     actual = matrix.sum(axis=1)
@@ -101,6 +102,7 @@ def plot_comparison(histories: dict[str, dict[str, list[float]]], path: Path, ti
 
 
 def evaluation_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Accuracy, loss, per-class scores and the confusion matrix of one set of predictions."""
     matrix = confusion_matrix(labels, np.argmax(probabilities, axis=1), len(class_names))
     return {
         "accuracy": accuracy(probabilities, labels),

@@ -56,6 +56,7 @@ def set_precision(requested: bool | None, on_gpu: bool, cpu_default: bool = Fals
 
 
 def build_strategy(kind: Distribute, devices: tuple[str, ...]) -> tf.distribute.Strategy:
+    """The --distribute strategy; "none" is TensorFlow's default, so the same code runs in every case."""
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=list(devices))
     if kind == "multi-worker":

@@ -1,4 +1,4 @@
-"""One training run, top to bottom: config -> data + model + optimizer + callbacks -> fit -> report -> store."""
+"""One training run as named steps: runtime -> build or resume -> fit -> evaluate -> write outputs -> store."""
 
 from __future__ import annotations
 
@@ -16,36 +16,104 @@ import numpy as np
 import tensorflow as tf
 from rich.console import Console
 
-from training import report, scale, store
-from training.callbacks import CHECKPOINT_FILE, build_callbacks, read_resume_state
+from contract.card import DataInfo, Metrics, ModelCard
+from contract.predictor import batched, compile_inference
+from training import models, report, scale, store
+from training.callbacks import CHECKPOINT_FILE, RunCheckpoint, build_callbacks, read_resume_state
 from training.config import TrainConfig
 from training.data import Dataset
-from training.models import PREPROCESSING, TTA_DESCRIPTION, build_cnn, build_cnn_bn, build_fast, build_mlp, whitening_filters
+from training.models import TTA_DESCRIPTION
 from training.optimizers import build_optimizer, optimizer_summary
 from training.progress import RichProgress
 
-# Recipes that default to bfloat16 mixed precision on CPUs that compute it natively.
-BF16_ON_CPU = {"fast"}
 CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
+HISTORY_FILE = "history.json"
 MODEL_FILE = "model.keras"
+PLOT_FILES = ("curves.png", "confusion_matrix.png")
 
 
 class RunError(Exception):
     """A run that cannot start or continue for a reason the user can fix."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class Run:
+    """One run's inputs, shared by its steps."""
+
+    config: TrainConfig
+    data: Dataset
+    run_dir: Path
+    console: Console
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(np.ceil(len(self.data.x_train) / self.config.batch_size))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where the run computes: the devices it uses, its precision policy and tf.distribute strategy."""
+
+    devices: tuple[str, ...]
+    policy: str
+    strategy: tf.distribute.Strategy
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The trained model, its per-epoch history (resumed epochs included) and its training seconds."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    training_time_s: float
+
+    @property
+    def parameters(self) -> int:
+        return int(self.model.count_params())
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test scores through the serving path (TTA where the recipe augments), train scores on one view."""
+
+    metrics: dict[str, Any]
+    per_class: dict[str, dict[str, float]]
+    confusion_matrix: list[list[int]]
+
+
+@dataclass(frozen=True)
 class RunResult:
+    """What the CLI prints and compares for one finished run."""
+
     config: TrainConfig
     run_dir: Path
     tag: str
     metrics: dict[str, Any]
     parameters: int
     history: dict[str, list[float]]
+    training_time_s: float
+
+
+def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, resume: bool = False) -> RunResult:
+    """Train one resolved config on loaded data and store the model; each step is a function below."""
+    run = Run(config, data, run_dir, console)
+    runtime = set_up_runtime(run)
+    state = read_resume(run) if resume else None
+    fitted = fit(run, build_or_resume(run, runtime, state), state)
+    evaluation = evaluate(run, fitted)
+    write_outputs(run, fitted, evaluation, runtime)
+    tag = store_model(run, fitted, evaluation, runtime)
+    return RunResult(config, run_dir, tag, evaluation.metrics, fitted.parameters, fitted.history,
+                     fitted.training_time_s)
 
 
 def default_run_dir(config: TrainConfig) -> Path:
+    """runs/<name>-<model>-<optimizer>-<time>: runs never overwrite each other."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.name}-{config.model}-{config.optimizer}-{stamp}"
 
@@ -78,172 +146,175 @@ def check_disk_space(folders: list[Path], parameters: int) -> None:
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
+    """The config a run folder was started with, so --resume trains exactly that."""
     config_file = run_dir / CONFIG_FILE
     if not config_file.exists():
         raise RunError(f"nothing to resume in {run_dir}: no {CONFIG_FILE}")
     return TrainConfig.model_validate_json(config_file.read_text())
 
 
+def set_up_runtime(run: Run) -> Runtime:
+    """Devices, precision and strategy must be fixed before any model exists; the seed last, so runs repeat."""
+    config = run.config
+    devices = scale.configure_devices()
+    on_gpu = devices[0].startswith("/gpu")
+    policy = scale.set_precision(config.mixed_precision, on_gpu, cpu_default=config.recipe.bf16_on_cpu)
+    if policy == "mixed_bfloat16" and not scale.cpu_has_bf16():
+        run.console.print("[yellow]warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); mixed precision "
+                          "is emulated and training runs many times slower: drop --mixed-precision[/]")
+    strategy = scale.build_strategy(config.distribute, devices)
+    keras.utils.set_random_seed(config.seed)
+    return Runtime(devices if config.distribute != "none" else devices[:1], policy, strategy)
+
+
+def read_resume(run: Run) -> dict[str, Any] | None:
+    """The checkpoint state to continue from; without one the run starts at epoch 1, and says so."""
+    state = read_resume_state(run.checkpoint_dir)
+    if state is None:
+        run.console.print(f"[yellow]no checkpoint in {run.checkpoint_dir}; starting this run from epoch 1[/]")
+    return state
+
+
 def build_model(config: TrainConfig, data: Dataset) -> keras.Model:
-    num_classes = len(data.class_names)
-    if config.model == "cnn":
-        return build_cnn(l2=config.l2, dropout=config.dropout, num_classes=num_classes)
-    if config.model == "cnn-bn":
-        return build_cnn_bn(l2=config.l2, dropout=config.dropout, augment=config.augment,
-                            num_classes=num_classes, seed=config.seed)
-    if config.model == "mlp":
-        return build_mlp(dropout=config.dropout, num_classes=num_classes)
-    return build_fast(whitening_filters(data.x_train[:5000]), l2=config.l2, augment=config.augment,
-                      num_classes=num_classes, seed=config.seed)
+    """The `--model` recipe's network with this run's l2, dropout and augmentation."""
+    return models.build(config.recipe, data.x_train, len(data.class_names), config.seed)
+
+
+def build_or_resume(run: Run, runtime: Runtime, state: dict[str, Any] | None) -> keras.Model:
+    """The checkpoint's model and optimizer state when resuming, else a new compiled model."""
+    config = run.config
+    with runtime.strategy.scope():
+        if state:
+            return keras.saving.load_model(run.checkpoint_dir / CHECKPOINT_FILE, safe_mode=True)
+        model = build_model(config, run.data)
+        model.compile(
+            optimizer=build_optimizer(config, run.steps_per_epoch),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+    return model
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
+    """Batched one-hot pairs (label smoothing needs them), reshuffled every epoch when a seed is given."""
     dataset = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, num_classes)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def uses_tta(config: TrainConfig) -> bool:
-    """Recipes trained with flips and translations are evaluated, and served, with test-time augmentation:
-    the image, its mirror, and both shifted one pixel up-left and down-right (as airbench evaluates)."""
-    return config.model in ("cnn-bn", "fast") and bool(config.augment)
-
-
-def evaluate(model: keras.Model, config: TrainConfig, data: Dataset) -> dict[str, Any]:
-    """Test and train metrics through the same compiled inference function the service uses.
-
-    Train accuracy, and with test-time augmentation a second test accuracy, use one view per image.
-    """
-    tta = uses_tta(config)
-    predict = store.compile_inference(model, "uint8", flip_tta=tta, translate_tta=tta)
-    single_view = store.compile_inference(model, "uint8", flip_tta=False) if tta else predict
-
-    def probabilities(function: Any, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([function(x[i : i + 1024]) for i in range(0, len(x), 1024)])
-
-    test = report.evaluation_report(probabilities(predict, data.x_test), data.y_test, data.class_names)
-    train_probabilities = probabilities(single_view, data.x_train)
-    results = {
-        "test": test,
-        "train_accuracy": report.accuracy(train_probabilities, data.y_train),
-        "train_loss": report.cross_entropy(train_probabilities, data.y_train),
-    }
-    if tta:
-        results["test_accuracy_single_view"] = report.accuracy(probabilities(single_view, data.x_test), data.y_test)
-    return results
-
-
-def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, resume: bool = False) -> RunResult:
-    devices = scale.configure_devices()
-    on_gpu = devices[0].startswith("/gpu")
-    policy = scale.set_precision(config.mixed_precision, on_gpu, cpu_default=config.model in BF16_ON_CPU)
-    if policy == "mixed_bfloat16" and not scale.cpu_has_bf16():
-        console.print("[yellow]warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); mixed precision "
-                      "is emulated and training runs many times slower: drop --mixed-precision[/]")
-    strategy = scale.build_strategy(config.distribute, devices)
-    keras.utils.set_random_seed(config.seed)
-
-    checkpoint_dir = run_dir / "checkpoints"
-    resume_state = read_resume_state(checkpoint_dir) if resume else None
-    if resume and resume_state is None:
-        console.print(f"[yellow]no checkpoint in {checkpoint_dir}; starting this run from epoch 1[/]")
-    initial_epoch = resume_state["epoch"] + 1 if resume_state else 0
-    previous_time = resume_state.get("train_time_s", 0.0) if resume_state else 0.0
-
+def fit(run: Run, model: keras.Model, state: dict[str, Any] | None) -> Fitted:
+    """Train from the first unfinished epoch, checkpointing every epoch so a killed run resumes exactly."""
+    config, data = run.config, run.data
     num_classes = len(data.class_names)
-    steps_per_epoch = int(np.ceil(len(data.x_train) / config.batch_size))
-    with strategy.scope():
-        if resume_state:
-            model = keras.saving.load_model(checkpoint_dir / CHECKPOINT_FILE, safe_mode=True)
-        else:
-            model = build_model(config, data)
-            model.compile(
-                optimizer=build_optimizer(config, steps_per_epoch),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                metrics=["accuracy"],
-            )
     train_data = to_dataset(data.x_train, data.y_train, num_classes, config.batch_size, config.seed)
     val_data = (
         to_dataset(data.x_val, data.y_val, num_classes, config.batch_size, None) if config.uses_validation else None
     )
-    label = f"{config.model}/{config.optimizer}"
-    progress = RichProgress(label, config.epochs, steps_per_epoch, console)
-    callbacks = build_callbacks(config, run_dir, resume_state, progress, steps_per_epoch)
-    checkpoint = next(c for c in callbacks if hasattr(c, "resume_state"))
-
-    check_disk_space([run_dir, store.model_store_dir()], int(model.count_params()))
+    progress = RichProgress(f"{config.model}/{config.optimizer}", config.epochs, run.steps_per_epoch, run.console)
+    callbacks = build_callbacks(config, run.run_dir, state, progress, run.steps_per_epoch)
+    checkpoint = next(c for c in callbacks if isinstance(c, RunCheckpoint))
+    check_disk_space([run.run_dir, store.model_store_dir()], int(model.count_params()))
     started = time.perf_counter()
-    finished_before = resume_state is not None and (resume_state.get("stopped") or initial_epoch >= config.epochs)
-    if not finished_before:
-        try:
-            model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=0)
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-                raise
-            raise RunError(
-                f"cannot write the run's files ({error.strerror}); the last finished epoch is kept: "
-                f"free space or fix permissions, then: train-cifar --resume {run_dir}"
-            ) from None
-    elif checkpoint.early_stopping is not None and checkpoint.early_stopping.best_weights is not None:
-        model.set_weights(checkpoint.early_stopping.best_weights)
-    train_time = previous_time + time.perf_counter() - started
-    history = checkpoint.history
+    initial_epoch = state["epoch"] + 1 if state else 0
+    if state is not None and (state.get("stopped") or initial_epoch >= config.epochs):
+        if checkpoint.early_stopping is not None and checkpoint.early_stopping.best_weights is not None:
+            model.set_weights(checkpoint.early_stopping.best_weights)
+    else:
+        fit_or_explain(run, model, train_data, val_data, initial_epoch, callbacks)
+    previous_time = state.get("train_time_s", 0.0) if state else 0.0
+    return Fitted(model, checkpoint.history, previous_time + time.perf_counter() - started)
 
-    results = evaluate(model, config, data)
-    val_accuracy = history.get("val_accuracy", [])
+
+def fit_or_explain(run: Run, model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset | None,
+                   initial_epoch: int, callbacks: list[keras.callbacks.Callback]) -> None:
+    """`model.fit`; a full disk or a lost permission becomes a RunError that says how to resume."""
+    try:
+        model.fit(train_data, validation_data=val_data, epochs=run.config.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=0)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        raise RunError(
+            f"cannot write the run's files ({error.strerror}); the last finished epoch is kept: "
+            f"free space or fix permissions, then: train-cifar --resume {run.run_dir}"
+        ) from None
+
+
+def evaluate(run: Run, fitted: Fitted) -> Evaluation:
+    """Test metrics through the same compiled inference function the service uses.
+
+    Train accuracy, and with test-time augmentation a second test accuracy, use one view per image.
+    """
+    data, tta = run.data, run.config.recipe.augments
+    predict = compile_inference(fitted.model, "uint8", flip_tta=tta, translate_tta=tta)
+    single_view = compile_inference(fitted.model, "uint8", flip_tta=False) if tta else predict
+    test = report.evaluation_report(batched(predict, data.x_test), data.y_test, data.class_names)
+    train_probabilities = batched(single_view, data.x_train)
+    val_accuracy = fitted.history.get("val_accuracy", [])
     metrics = {
-        "test_accuracy": results["test"]["accuracy"],
-        "test_loss": results["test"]["loss"],
-        "train_accuracy": results["train_accuracy"],
-        "train_loss": results["train_loss"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "train_accuracy": report.accuracy(train_probabilities, data.y_train),
+        "train_loss": report.cross_entropy(train_probabilities, data.y_train),
         "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
-        "epochs_run": len(history.get("loss", [])),
+        "epochs_run": len(fitted.history.get("loss", [])),
     }
-    if "test_accuracy_single_view" in results:
-        metrics["test_accuracy_single_view"] = results["test_accuracy_single_view"]
-    parameters = int(model.count_params())
-    title = f"{config.model} / {config.optimizer}: test accuracy {metrics['test_accuracy']:.2%}"
-    report.plot_curves(history, run_dir / "curves.png", title)
-    report.plot_confusion_matrix(
-        np.array(results["test"]["confusion_matrix"]), data.class_names, run_dir / "confusion_matrix.png", title
-    )
+    if tta:
+        metrics["test_accuracy_single_view"] = report.accuracy(batched(single_view, data.x_test), data.y_test)
+    return Evaluation(metrics, test["per_class"], test["confusion_matrix"])
+
+
+def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> None:
+    """Plots, report.json, history.json and the final model: the run folder a person reads afterwards."""
+    config, data, run_dir = run.config, run.data, run.run_dir
+    title = f"{config.model} / {config.optimizer}: test accuracy {evaluation.metrics['test_accuracy']:.2%}"
+    report.plot_curves(fitted.history, run_dir / PLOT_FILES[0], title)
+    matrix = np.array(evaluation.confusion_matrix)
+    report.plot_confusion_matrix(matrix, data.class_names, run_dir / PLOT_FILES[1], title)
     full_report = {
-        "metrics": metrics,
-        "per_class": results["test"]["per_class"],
-        "confusion_matrix": results["test"]["confusion_matrix"],
+        "metrics": evaluation.metrics,
+        "per_class": evaluation.per_class,
+        "confusion_matrix": evaluation.confusion_matrix,
         "class_names": data.class_names,
-        "parameters": parameters,
-        "training_time_s": train_time,
-        "precision_policy": policy,
-        "devices": list(devices if config.distribute != "none" else devices[:1]),
+        "parameters": fitted.parameters,
+        "training_time_s": fitted.training_time_s,
+        "precision_policy": runtime.policy,
+        "devices": list(runtime.devices),
         "data": {"source": data.source, **data.sizes()},
     }
     (run_dir / REPORT_FILE).write_text(json.dumps(full_report, indent=2))
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    (run_dir / HISTORY_FILE).write_text(json.dumps(fitted.history, indent=2))
+    fitted.model.save(run_dir / MODEL_FILE)
 
-    model_path = run_dir / MODEL_FILE
-    model.save(model_path)
-    tta = uses_tta(config)
-    metadata = {
-        "class_names": data.class_names,
-        "architecture": config.model,
-        "parameters": parameters,
-        "preprocessing": PREPROCESSING[config.model] + (TTA_DESCRIPTION if tta else ""),
-        "input_scaling": "uint8",
-        "flip_tta": tta,
-        "translate_tta": tta,
-        "config": json.loads(config.model_dump_json()),
-        "optimizer": optimizer_summary(model.optimizer),
-        "metrics": metrics,
-        "per_class": results["test"]["per_class"],
-        "training_time_s": round(train_time, 2),
-        "precision_policy": policy,
-        "distribute": config.distribute,
-        "data": {"source": data.source, **data.sizes()},
-        "run_dir": str(run_dir.resolve()),
-    }
+
+def store_model(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> str:
+    """Save the final model with its card and plots to the BentoML store; returns the tag."""
+    config = run.config
     labels = {"architecture": config.model, "optimizer": config.optimizer, "framework": "keras"}
-    tag = store.save_model(config.name, model_path, "keras", metadata, labels)
-    return RunResult(config, run_dir, tag, metrics, parameters, history)
+    card = model_card(run, fitted, evaluation, runtime)
+    plots = [run.run_dir / name for name in PLOT_FILES]
+    return store.save_model(config.name, run.run_dir / MODEL_FILE, card, labels, extra_files=plots)
+
+
+def model_card(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> ModelCard:
+    """Everything the service and clients need to know about the stored model, typed."""
+    config, data, tta = run.config, run.data, run.config.recipe.augments
+    return ModelCard(
+        class_names=data.class_names,
+        architecture=config.model,
+        parameters=fitted.parameters,
+        preprocessing=config.recipe.preprocessing + (TTA_DESCRIPTION if tta else ""),
+        input_scaling="uint8",
+        flip_tta=tta,
+        translate_tta=tta,
+        config=json.loads(config.model_dump_json()),
+        optimizer=optimizer_summary(fitted.model.optimizer),
+        metrics=Metrics(**evaluation.metrics),
+        per_class=evaluation.per_class,
+        training_time_s=round(fitted.training_time_s, 2),
+        precision_policy=runtime.policy,
+        distribute=config.distribute,
+        data=DataInfo(source=data.source, **data.sizes()),
+        run_dir=str(run.run_dir.resolve()),
+    )
