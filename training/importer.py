@@ -1,14 +1,23 @@
-"""Register a model trained elsewhere (Keras 3 `.keras`, Keras 2 `.h5` or SavedModel) in the store."""
+"""Register a model trained elsewhere (Keras 3 `.keras`, Keras 2 `.h5` or SavedModel) in the store.
+
+Legacy files are scanned for code first (training.model_safety) and refused if any is found, unless
+the user trusts them; clean ones are converted to Keras 3 `.keras` so the service loads them in safe mode.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training import report, store
+from contract.card import CIFAR10_CLASSES, INPUT_SCALINGS, DataInfo, Metrics, ModelCard
+from contract.predictor import batched, compile_inference, load_network
+from training import model_safety, report, store
 from training.data import Dataset
 
 SCALING_DESCRIPTIONS = {
@@ -18,6 +27,10 @@ SCALING_DESCRIPTIONS = {
 }
 
 
+# Converted models must give the original's probabilities to within this (float32 rounding is ~1e-7).
+CONVERSION_TOLERANCE = 1e-4
+
+
 class ModelImportError(Exception):
     """A model file that cannot be registered; the message says why."""
 
@@ -25,10 +38,23 @@ class ModelImportError(Exception):
 @dataclass
 class ImportResult:
     tag: str
-    model_format: str
+    model_format: str  # the file's own format
     input_scaling: str
     parameters: int
-    metrics: dict[str, Any]
+    metrics: Metrics
+    stored_format: str = ""  # "keras" when converted
+    converted: bool = False
+    code_found: list[str] = field(default_factory=list)  # imported anyway with --trust-model-code
+
+
+@dataclass
+class StoredModel:
+    """What goes into the store: the file or folder, its format, the loaded network, facts for the card."""
+
+    file: Path
+    model_format: str
+    network: Any
+    config: dict[str, Any]
 
 
 def detect_format(path: Path) -> str:
@@ -67,45 +93,151 @@ def guess_scaling(network: Any, data: Dataset | None) -> str:
         return "0-1"
     sample_x, sample_y = data.x_test[:1000], data.y_test[:1000]
     scores = {
-        scaling: report.accuracy(store.compile_inference(network, scaling, False)(sample_x), sample_y)
+        scaling: report.accuracy(compile_inference(network, scaling, False)(sample_x), sample_y)
         for scaling in ("0-1", "-1-1", "uint8")
     }
     return max(scores, key=scores.get)
 
 
-def import_model(path: Path, name: str, input_scaling: str, data: Dataset | None) -> ImportResult:
+def import_model(
+    path: Path,
+    name: str,
+    input_scaling: str,
+    data: Dataset | None,
+    trust_model_code: bool = False,
+    warn: Callable[[str], None] = lambda message: None,
+) -> ImportResult:
+    """Scan, load, check, convert where it is safe, evaluate what is stored, and save it to the store."""
     if not path.exists():
         raise ModelImportError(f"model file not found: {path}")
     model_format = detect_format(path)
+    findings = model_safety.scan_model(path, model_format)  # before anything in the file is deserialized
+    if findings and not trust_model_code:
+        raise ModelImportError(model_safety.refusal(path, findings))
+    if findings:
+        warn(f"{path.name} holds code ({', '.join(findings)}); importing it anyway (--trust-model-code): "
+             f"it stays {model_format}, and the service serves it only with CIFAR10_TRUST_MODEL_CODE=1")
+    network = load_checked(path, model_format)
+    scaling = guess_scaling(network, data) if input_scaling == "auto" else input_scaling
+    with tempfile.TemporaryDirectory(prefix="cifar-import-") as workdir:
+        stored = StoredModel(path, model_format, network, {})
+        if model_format != "keras" and not findings:
+            stored = convert_or_keep(stored, scaling, data, Path(workdir), warn)
+        evaluation = evaluate(stored, scaling, data) if data is not None else None
+        card = make_card(path, model_format, stored, scaling, data, evaluation, findings)
+        plots = confusion_plot(evaluation, card, Path(workdir)) if evaluation is not None else []
+        labels = {"architecture": "imported", "optimizer": "unknown", "framework": stored.model_format}
+        tag = store.save_model(name, stored.file, card, labels, extra_files=plots)
+    return ImportResult(tag, model_format, scaling, card.parameters, card.metrics, stored.model_format,
+                        stored.config.get("converted_from") is not None, findings)
+
+
+def load_checked(path: Path, model_format: str) -> Any:
+    """The network as its own format loads it, with CIFAR-10 shapes; any failure is the file's fault."""
     try:
-        network = store.load_network(path, model_format)
-    except Exception as error:  # any loader failure is the file's fault here
+        network = load_network(path, model_format)
+    except Exception as error:  # noqa: BLE001 - any loader failure is the file's fault here
         raise ModelImportError(f"cannot load {path} as {model_format}: {str(error).splitlines()[0]}") from None
     check_shapes(network)
-    scaling = guess_scaling(network, data) if input_scaling == "auto" else input_scaling
-    metrics: dict[str, Any] = {}
-    per_class: dict[str, Any] = {}
-    class_names = store.CIFAR10_CLASSES
-    if data is not None:
-        predict = store.compile_inference(network, scaling, False)
-        probabilities = np.concatenate([predict(data.x_test[i : i + 1024]) for i in range(0, len(data.x_test), 1024)])
-        evaluation = report.evaluation_report(probabilities, data.y_test, data.class_names)
-        metrics = {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"]}
-        per_class = evaluation["per_class"]
-        class_names = data.class_names
-    metadata = {
-        "class_names": class_names,
-        "architecture": f"imported:{network.name}",
-        "parameters": int(network.count_params()),
-        "preprocessing": SCALING_DESCRIPTIONS[scaling],
-        "input_scaling": scaling,
-        "flip_tta": False,
-        "translate_tta": False,
-        "config": {"imported_from": str(path.resolve()), "format": model_format},
-        "metrics": metrics,
-        "per_class": per_class,
-        "data": {"source": data.source, **data.sizes()} if data is not None else {},
+    return network
+
+
+def convert_or_keep(stored: StoredModel, scaling: str, data: Dataset | None, workdir: Path,
+                    warn: Callable[[str], None]) -> StoredModel:
+    """A Keras 3 copy of a clean legacy model (served in safe mode), or the legacy model with the reason."""
+    images = data.x_test if data is not None else np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), np.uint8)
+    try:
+        converted, target = convert_to_keras3(stored.network, workdir)
+        gap = check_same_predictions(stored.network, converted, scaling, images)
+    except Exception as error:  # noqa: BLE001 - Keras 3 cannot rebuild every tf-keras model
+        reason = short_reason(error)
+        warn(f"{stored.file.name} could not be converted to a Keras 3 .keras file ({reason}); it is stored as "
+             f"{stored.model_format}, and the service serves it only with CIFAR10_TRUST_MODEL_CODE=1")
+        return StoredModel(stored.file, stored.model_format, stored.network, {"conversion_error": reason})
+    facts = {
+        "converted_from": stored.model_format,
+        "conversion_check": f"same predictions on {len(images)} images (max difference {gap:.1e})",
     }
-    labels = {"architecture": "imported", "optimizer": "unknown", "framework": model_format}
-    tag = store.save_model(name, path, model_format, metadata, labels)
-    return ImportResult(tag, model_format, scaling, metadata["parameters"], metrics)
+    return StoredModel(target, "keras", converted, facts)
+
+
+def short_reason(error: Exception, limit: int = 120) -> str:
+    """The first line of an error, cut to fit in a one-line warning."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def convert_to_keras3(network: Any, workdir: Path) -> tuple[Any, Path]:
+    """tf-keras HDF5 -> Keras 3 `.keras`; only for models the scan found clean, so no code is in the config."""
+    import keras
+
+    legacy = workdir / "legacy.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf-keras warns that HDF5 is a legacy format: that is the point
+        network.save(legacy)
+        rebuilt = keras.saving.load_model(legacy, compile=False, safe_mode=True)
+    target = workdir / "model.keras"
+    rebuilt.save(target)
+    return keras.saving.load_model(target, compile=False, safe_mode=True), target
+
+
+def check_same_predictions(original: Any, converted: Any, scaling: str, images: np.ndarray) -> float:
+    """The largest probability difference; raises unless it is within tolerance and the top class agrees
+    (wherever the original's top two classes are not a near tie)."""
+    expected, actual = probabilities(original, scaling, images), probabilities(converted, scaling, images)
+    gap = float(np.abs(expected - actual).max())
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > CONVERSION_TOLERANCE
+    if gap > CONVERSION_TOLERANCE or (expected.argmax(1) != actual.argmax(1))[clear].any():
+        raise ValueError(f"the converted model predicts differently (max probability difference {gap:.1e})")
+    return gap
+
+
+def probabilities(network: Any, scaling: str, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Plain eager calls with the card's input scaling (no traced function: nothing to retrace per network)."""
+    scale, offset = INPUT_SCALINGS[scaling]
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        x = batch if scaling == "uint8" else batch.astype(np.float32) * np.float32(scale) + np.float32(offset)
+        outputs.append(np.asarray(network(x, training=False), dtype=np.float32))
+    return np.concatenate(outputs)
+
+
+def evaluate(stored: StoredModel, scaling: str, data: Dataset) -> dict[str, Any]:
+    """Test metrics of the stored network (the one the service will run), as the service computes them."""
+    probabilities = batched(compile_inference(stored.network, scaling, False), data.x_test)
+    return {**report.evaluation_report(probabilities, data.y_test, data.class_names), "class_names": data.class_names}
+
+
+def confusion_plot(evaluation: dict[str, Any], card: ModelCard, workdir: Path) -> list[Path]:
+    """The test confusion matrix as a PNG, stored with the model like a training run's plots."""
+    path = workdir / "confusion_matrix.png"
+    title = f"{card.architecture}: test accuracy {evaluation['accuracy']:.2%}"
+    report.plot_confusion_matrix(np.array(evaluation["confusion_matrix"]), evaluation["class_names"], path, title)
+    return [path]
+
+
+def make_card(path: Path, source_format: str, stored: StoredModel, scaling: str, data: Dataset | None,
+              evaluation: dict[str, Any] | None, findings: list[str]) -> ModelCard:
+    """The card of what is stored, with the test metrics of the stored network where there is data."""
+    metrics, per_class, class_names = Metrics(), {}, CIFAR10_CLASSES
+    if evaluation is not None:
+        metrics = Metrics(test_accuracy=evaluation["accuracy"], test_loss=evaluation["loss"])
+        per_class, class_names = evaluation["per_class"], evaluation["class_names"]
+    config: dict[str, Any] = {"imported_from": str(path.resolve()), "format": source_format, **stored.config}
+    if findings:
+        config["code_found"] = findings
+    return ModelCard(
+        format=stored.model_format,
+        class_names=class_names,
+        architecture=f"imported:{stored.network.name}",
+        parameters=int(stored.network.count_params()),
+        preprocessing=SCALING_DESCRIPTIONS[scaling],
+        input_scaling=scaling,
+        config=config,
+        metrics=metrics,
+        per_class=per_class,
+        data=DataInfo(source=data.source, **data.sizes()) if data is not None else None,
+        trusted_code=bool(findings),
+    )
