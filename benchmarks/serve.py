@@ -25,7 +25,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -39,6 +38,9 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
+
+from benchmarks.harness import ServerProcess, server_env
+
 SERVERS = {
     "ceiling": "benchmarks.ceiling_service:CeilingClassifier",
     "naive": "benchmarks.naive_service:NaiveClassifier",
@@ -295,78 +297,6 @@ def _tree_cpu(pid: int | None) -> float | None:
 # servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_env(model: str, extra: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, "CIFAR10_MODEL": model, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
-
-
-class Server:
-    """`bentoml serve IMPORT` on a free loopback port, in its own process group."""
-
-    def __init__(self, name: str, target: str, env: dict[str, str], log_dir: Path, start_timeout: float) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
-        started = time.perf_counter()
-        with self.log.open("w") as handle:
-            self.process = subprocess.Popen(
-                cmd, cwd=PROJECT_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            self._wait_ready(start_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.start_seconds = time.perf_counter() - started
-
-    def _wait_ready(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} server exited at start-up:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name} server not ready in {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def metrics_text(self) -> str:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.url}/metrics", timeout=5).text
-        except httpx.HTTPError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, 15)
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
-
-
 def batch_size_stats(metrics: str) -> dict[str, float] | None:
     """Mean images per model call from the service's `cifar10_inference_batch_size` histogram."""
     total = count = None
@@ -381,13 +311,17 @@ def batch_size_stats(metrics: str) -> dict[str, float] | None:
 
 
 def run_server(name: str, args: argparse.Namespace, bodies: list[bytes], log_dir: Path) -> dict[str, Any]:
+    """Start one server, drive the load against it, stop it: its figures."""
     extra = dict(args.env) if name in ("ceiling", "service") else {}  # the ceiling shares the service's settings
     duration = args.naive_duration if name == "naive" and args.naive_duration is not None else args.duration
     print(f"[{name}] starting {SERVERS[name]} ...", file=sys.stderr, flush=True)
-    server = Server(name, SERVERS[name], server_env(args.model, extra), log_dir, args.start_timeout)
+    env = server_env({"CIFAR10_MODEL": args.model, **extra})
+    server = ServerProcess.start(SERVERS[name], env, log_dir / f"{name}.log", timeout=args.start_timeout)
     try:
+        server.require_running(f"{name} server")
+        start_seconds = server.ready_seconds or 0.0
         print(
-            f"[{name}] ready in {server.start_seconds:.1f}s; {args.concurrency} clients, "
+            f"[{name}] ready in {start_seconds:.1f}s; {args.concurrency} clients, "
             f"{args.warmup:g}s warm-up + {duration:g}s",
             file=sys.stderr,
             flush=True,
@@ -404,7 +338,7 @@ def run_server(name: str, args: argparse.Namespace, bodies: list[bytes], log_dir
                 server.process.pid,
             )
         )
-        figures = {"server": SERVERS[name], "start_seconds": round(server.start_seconds, 1), **result.summary()}
+        figures = {"server": SERVERS[name], "start_seconds": round(start_seconds, 1), **result.summary()}
         if name == "service":
             figures["batching"] = batch_size_stats(server.metrics_text())
         if result.errors and result.errors == result.requests:
@@ -421,7 +355,7 @@ def run_server(name: str, args: argparse.Namespace, bodies: list[bytes], log_dir
 def raw_worker(model: str, batch: int, seconds: float) -> dict[str, Any]:
     import numpy as np
 
-    from training.store import FORMAT_FILES, load_network, load_predictor
+    from contract.predictor import load_network, load_predictor
 
     started = time.perf_counter()
     predictor = load_predictor(model)
@@ -447,8 +381,7 @@ def raw_worker(model: str, batch: int, seconds: float) -> dict[str, Any]:
     import tensorflow as tf
 
     ref = bentoml.models.get(model)
-    model_format = ref.info.metadata.get("format", "keras")
-    network = load_network(Path(ref.path) / FORMAT_FILES[model_format], model_format)
+    network = load_network(Path(ref.path) / predictor.card.model_file, predictor.card.format)
     network.predict(single, verbose=0)
     keras_one = []
     for _ in range(5):
@@ -475,7 +408,7 @@ def run_raw(args: argparse.Namespace) -> dict[str, Any]:
         "--raw-batch", str(args.raw_batch), "--raw-seconds", str(args.raw_seconds),
     ]
     done = subprocess.run(
-        cmd, cwd=PROJECT_ROOT, env=server_env(args.model, {}), capture_output=True, text=True,
+        cmd, cwd=PROJECT_ROOT, env=server_env({"CIFAR10_MODEL": args.model}), capture_output=True, text=True,
         timeout=args.start_timeout + 10 * args.raw_seconds + 60,
     )
     for line in done.stdout.splitlines():

@@ -26,10 +26,7 @@ import os
 import platform
 import random
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tarfile
 import time
@@ -43,7 +40,11 @@ import psutil
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SERVICE_IMPORT = "service.service:CIFAR10Classifier"
+if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from benchmarks.harness import SERVICE_IMPORT, ServerProcess, server_env
+
 DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BATCH_SIZE = 4  # images per /classify_batch request in the mix
 
@@ -117,75 +118,6 @@ def invalid_payloads(valid: bytes) -> dict[str, bytes]:
     }
 
 
-# --------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`bentoml serve` in its own process group on 127.0.0.1."""
-
-    def __init__(self, model: str | None, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-        if model:
-            env["CIFAR10_MODEL"] = model
-        self.command = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            self.command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the server and all its workers."""
-        try:
-            root = psutil.Process(self.process.pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def log_tail(self, chars: int = 3000) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # our own process group, started above
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-
-
 # ----------------------------------------------------------------------------------------- load
 
 
@@ -256,7 +188,7 @@ async def client_loop(
                     stats.invalid_not_4xx += 1
 
 
-async def run_load(server: Server, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+async def run_load(server: ServerProcess, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     invalid = invalid_payloads(images[0])
     headers = {"Authorization": f"Bearer {os.environ['CIFAR10_API_KEY']}"} if os.environ.get("CIFAR10_API_KEY") else {}
     warm_stats, stats = Stats(), Stats()
@@ -326,7 +258,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values), q))
 
 
-def build_report(result: dict[str, Any], args: argparse.Namespace, source: str, server: Server) -> dict[str, Any]:
+def build_report(result: dict[str, Any], args: argparse.Namespace, source: str, server: ServerProcess) -> dict[str, Any]:
     warm: Stats = result["warmup"]
     measured: Stats = result["measured"]
     memory = result["memory"]
@@ -414,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     images, source = load_images(args.images, args.max_images, args.seed)
     log_path = args.server_log or Path(os.environ.get("TMPDIR", "/tmp")) / f"cifar10-soak-{os.getpid()}.log"
     print(f"starting the server (log: {log_path}) ...", flush=True)
-    server = Server(args.model, log_path)
+    env = server_env({"CIFAR10_MODEL": args.model} if args.model else {})
+    server: ServerProcess | None = None
     try:
-        server.wait_ready(args.startup_timeout)
+        server = ServerProcess.start(SERVICE_IMPORT, env, log_path, timeout=args.startup_timeout)
+        server.require_running()
         print(f"server ready at {server.url}; {args.duration:.0f}s of load, {args.concurrency} clients", flush=True)
         result = asyncio.run(run_load(server, images, args))
         report = build_report(result, args, source, server)
@@ -424,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -6,40 +6,56 @@ from __future__ import annotations
 # BEGIN service fixtures (owned by the serving half: service/, clients/, tests/test_service*.py)
 #
 # `cifar_model_store`: a temporary BENTOML_HOME holding a tiny, really trained `cifar10-cnn`
-#     model saved through training.store.save_model (made in a subprocess so this pytest
+#     model saved through training.store.save_model with its model card, and the same model in
+#     the metadata format written before the card (made in a subprocess so this pytest
 #     process's bentoml keeps its own home).
-# `cifar_server`: a real `bentoml serve service.service:CIFAR10Classifier` on a free port.
+# `cifar_server`: a real `bentoml serve service.service:CIFAR10Classifier` on a free port, a
+#     benchmarks.harness.ServerProcess (`start_server` starts more, with other settings).
 # `image_bytes`: small images in every format/mode the service accepts, built with Pillow.
 # ---------------------------------------------------------------------------------------------
 
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SERVICE_IMPORT = "service.service:CIFAR10Classifier"
+if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is not installed: import it from the checkout
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from benchmarks.harness import SERVICE_IMPORT, ServerProcess
+
 MODEL_NAME = "cifar10-cnn"
 
 
-def make_tiny_model(home: str, workdir: str) -> str:
-    """Train a tiny Keras 3 model for one epoch and store it; returns its tag (runs in a subprocess)."""
+LEGACY_MODEL_NAME = "cifar10-legacy"
+
+
+def make_tiny_model(home: str, workdir: str) -> tuple[str, str]:
+    """The session's tiny model, stored twice: with its model card, and with metadata exactly as
+    entries were written before the card existed. Returns both tags (runs in a subprocess)."""
+    tag, path, card = store_tiny_model(home, workdir, MODEL_NAME, seed=0)
+    return tag, store_unversioned_entry(path, card)
+
+
+def store_tiny_model(home: str, workdir: str, name: str, seed: int) -> tuple[str, Path, "ModelCard"]:  # noqa: F821
+    """Train a tiny Keras 3 model for one epoch on random images and store it with its card."""
     os.environ["BENTOML_HOME"] = home
     import keras
 
-    from training.store import CIFAR10_CLASSES, save_model
+    from contract.card import CIFAR10_CLASSES, DataInfo, Metrics, ModelCard
+    from training.store import save_model
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     inputs = keras.Input((32, 32, 3), dtype="uint8")
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     x = keras.layers.Conv2D(4, 3, activation="relu")(x)
@@ -47,38 +63,62 @@ def make_tiny_model(home: str, workdir: str) -> str:
     outputs = keras.layers.Dense(10, activation="softmax")(x)
     model = keras.Model(inputs, outputs, name="tiny_cnn")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x_train = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     y_train = rng.integers(0, 10, (64,))
     history = model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
-    path = Path(workdir) / "model.keras"
+    path = Path(workdir) / f"{name}-{seed}.keras"
     model.save(path)
-    accuracy = float(history.history["accuracy"][-1])
-    metadata = {
-        "class_names": CIFAR10_CLASSES,
-        "architecture": "tiny_cnn",
-        "parameters": int(model.count_params()),
-        "preprocessing": "rescale 1/255 inside the model",
-        "input_scaling": "uint8",
-        "flip_tta": True,
-        "config": {"model": "tiny", "optimizer": "adam", "lr": 1e-3, "epochs": 1, "batch_size": 32},
-        "metrics": {
-            "test_accuracy": 0.1,
-            "test_loss": 2.3,
-            "train_accuracy": accuracy,
-            "best_val_accuracy": 0.1,
-            "epochs_run": 1,
-        },
-        "training_time_s": 1.0,
-        "data": {"source": "random", "train_size": 64, "val_size": 0, "test_size": 0},
-    }
-    return save_model(MODEL_NAME, path, "keras", metadata=metadata, labels={"architecture": "tiny_cnn", "optimizer": "adam"})
+    card = ModelCard(
+        class_names=CIFAR10_CLASSES,
+        architecture="tiny_cnn",
+        parameters=int(model.count_params()),
+        preprocessing="rescale 1/255 inside the model",
+        flip_tta=True,
+        config={"model": "tiny", "optimizer": "adam", "lr": 1e-3, "epochs": 1, "batch_size": 32, "seed": seed},
+        metrics=Metrics(test_accuracy=0.1, test_loss=2.3, train_accuracy=float(history.history["accuracy"][-1]),
+                        best_val_accuracy=0.1, epochs_run=1),
+        training_time_s=1.0,
+        data=DataInfo(source="random", train_size=64, val_size=0, test_size=0),
+    )
+    return save_model(name, path, card, labels={"architecture": "tiny_cnn", "optimizer": "adam"}), path, card
+
+
+def train_and_store(home: Path, name: str, seed: int) -> str:
+    """`store_tiny_model` in a subprocess (bentoml reads BENTOML_HOME once, at import); returns the tag."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[4]); import conftest; "
+        "print('TAG=' + conftest.store_tiny_model(sys.argv[1], sys.argv[1], sys.argv[2], int(sys.argv[3]))[0])"
+    )
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(home), name, str(seed), str(Path(__file__).parent)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next(line[4:] for line in result.stdout.splitlines() if line.startswith("TAG="))
+
+
+def store_unversioned_entry(path: Path, card: "ModelCard") -> str:  # noqa: F821
+    """An entry as the code before the model card wrote it: no schema_version, no trusted_code or
+    plots, framework versions as written then, and what it wrote for optional parts."""
+    import shutil
+
+    import bentoml
+
+    metadata = card.model_dump(mode="json", exclude_none=True, exclude={"schema_version", "trusted_code", "plots"})
+    metadata.update(framework_versions={"python": "3.11.7", "keras": "3.15.1"}, optimizer={"name": "adam"},
+                    translate_tta=False, run_dir="/runs/legacy", distribute="none", precision_policy="float32")
+    with bentoml.models.create(LEGACY_MODEL_NAME, labels={"architecture": "tiny_cnn"}, metadata=metadata) as ref:
+        shutil.copyfile(path, Path(ref.path) / "model.keras")
+    return str(ref.tag)
 
 
 @dataclass(frozen=True)
 class ModelStore:
     home: Path
     tag: str
+    legacy_tag: str = ""  # the same model stored in the format written before the model card
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a subprocess that uses this store (bentoml reads BENTOML_HOME at import)."""
@@ -96,7 +136,7 @@ def cifar_model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     work = tmp_path_factory.mktemp("tiny_model")
     code = (
         "import sys; sys.path.insert(0, sys.argv[3]); import conftest; "
-        "print('TAG=' + conftest.make_tiny_model(sys.argv[1], sys.argv[2]))"
+        "print('TAGS=' + ' '.join(conftest.make_tiny_model(sys.argv[1], sys.argv[2])))"
     )
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}
     result = subprocess.run(
@@ -104,72 +144,41 @@ def cifar_model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    tag = next(line[4:] for line in result.stdout.splitlines() if line.startswith("TAG="))
-    return ModelStore(home=home, tag=tag)
+    tags = next(line[5:] for line in result.stdout.splitlines() if line.startswith("TAGS="))
+    tag, legacy_tag = tags.split()
+    return ModelStore(home=home, tag=tag, legacy_tag=legacy_tag)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_server(store: ModelStore, log: Path, timeout: float = 120, **env: str) -> ServerProcess:
+    """The real service against `store`'s model; a server that died at start-up is returned for its log."""
+    return ServerProcess.start(SERVICE_IMPORT, store.env(**env), log, timeout=timeout, cwd=PROJECT_ROOT)
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[str]
-    log: Path
-    store: ModelStore
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+def _as_dict(answer: Any) -> dict[str, Any]:
+    """An answer as the service's JSON, whether a client parsed it (pydantic) or not."""
+    return answer.model_dump() if hasattr(answer, "model_dump") else dict(answer)
 
 
-def start_server(store: ModelStore, log: Path, timeout: float = 120, **env: str) -> Server:
-    """`bentoml serve` in a subprocess; waits for /readyz (or for the process to die)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", "127.0.0.1", "--port", str(port)]
-    handle = log.open("w")
-    process = subprocess.Popen(
-        cmd, cwd=PROJECT_ROOT, env=store.env(**env), stdout=handle, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-    server = Server(f"http://127.0.0.1:{port}", process, log, store)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return server  # died: the caller inspects the log
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    stop_server(server)
-    raise TimeoutError(f"server not ready in {timeout}s:\n{server.log_text()[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    """Stop the server and its workers (its own process group, started above)."""
-    if server.process.poll() is None:
-        os.killpg(server.process.pid, 15)
-        try:
-            server.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, 9)
-            server.process.wait()
+def assert_same_answer(got: Any, expected: Any, tolerance: float = 1e-6) -> None:
+    """Two answers for the same pixels agree: label, model and every listed probability (within `tolerance`)."""
+    got_d, expected_d = _as_dict(got), _as_dict(expected)
+    assert (got_d["label"], got_d["model"]) == (expected_d["label"], expected_d["model"]), (got_d, expected_d)
+    probabilities = {p["label"]: p["probability"] for p in got_d["top_k"]}
+    reference = {p["label"]: p["probability"] for p in expected_d["top_k"]}
+    assert probabilities == pytest.approx(reference, abs=tolerance), (probabilities, reference)
 
 
 @pytest.fixture(scope="session")
-def cifar_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def cifar_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One live server for the session, against the tiny model."""
     log = tmp_path_factory.mktemp("server") / "serve.log"
     limits = {"CIFAR10_MAX_BODY_BYTES": str(1024 * 1024), "CIFAR10_MAX_IMAGE_PIXELS": "4000000", "CIFAR10_MAX_BATCH_FILES": "8"}
     server = start_server(cifar_model_store, log, **limits)
-    if server.process.poll() is not None:
-        pytest.fail(f"server exited at start-up:\n{server.log_text()[-3000:]}")
-    yield server
-    stop_server(server)
+    try:
+        server.require_running()
+        yield server
+    finally:
+        server.stop()
 
 
 def _encode(image: "Image.Image", fmt: str, **options: object) -> bytes:  # noqa: F821
@@ -204,7 +213,7 @@ def image_bytes() -> dict[str, bytes]:
     }
 
 
-def metadata_json(server: Server) -> dict[str, object]:
+def metadata_json(server: ServerProcess) -> dict[str, object]:
     return json.loads(httpx.get(f"{server.url}/metadata", timeout=10).text)
 
 

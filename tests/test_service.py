@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ModelStore, assert_same_answer
 from service.schemas import Classification, ModelMetadata
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,11 +47,11 @@ def test_probes_and_openapi(http: httpx.Client) -> None:
     assert "/classify" in http.get("/schema.json").text
 
 
-def test_metadata_get(http: httpx.Client, cifar_server) -> None:
+def test_metadata_get(http: httpx.Client, cifar_model_store: ModelStore) -> None:
     response = http.get("/metadata")  # a plain GET, as curl sends it
     assert response.status_code == 200
     meta = ModelMetadata.model_validate(response.json())
-    assert meta.tag == cifar_server.store.tag and f"{meta.name}:{meta.version}" == meta.tag
+    assert meta.tag == cifar_model_store.tag and f"{meta.name}:{meta.version}" == meta.tag
     assert meta.class_names[:3] == ["airplane", "automobile", "bird"] and len(meta.class_names) == 10
     assert meta.input_shape == [32, 32, 3] and meta.input_dtype == "uint8"
     assert meta.architecture == "tiny_cnn" and meta.parameters and meta.parameters > 0
@@ -67,16 +68,18 @@ def test_metadata_get(http: httpx.Client, cifar_server) -> None:
     "name",
     ["png", "jpeg", "gif", "bmp", "webp", "tiff", "mode_l", "mode_la", "mode_p", "mode_rgba", "mode_cmyk", "mode_16bit", "large"],
 )
-def test_classify_formats(http: httpx.Client, image_bytes: dict[str, bytes], name: str, cifar_server) -> None:
+def test_classify_formats(http: httpx.Client, image_bytes: dict[str, bytes], name: str, cifar_model_store: ModelStore) -> None:
     content_type = {"jpeg": "image/jpg", "png": "image/png", "gif": "text/plain"}.get(name, "application/octet-stream")
     response = classify(http, image_bytes[name], content_type, top_k="10")
     assert response.status_code == 200, response.text
     result = Classification.model_validate(response.json())
-    assert len(result.top_k) == 10 and result.model == cifar_server.store.tag
+    assert len(result.top_k) == 10 and result.model == cifar_model_store.tag
     assert sum(p.probability for p in result.top_k) == pytest.approx(1.0, abs=1e-5)
     assert result.label == result.top_k[0].label and result.confidence == result.top_k[0].probability
     probabilities = [p.probability for p in result.top_k]
     assert probabilities == sorted(probabilities, reverse=True)
+    if name in ("bmp", "tiff", "mode_rgba"):  # the PNG's pixels in another file format: the PNG's answer
+        assert_same_answer(result, classify(http, image_bytes["png"], top_k="10").json())
 
 
 def test_classify_default_top_k(http: httpx.Client, image_bytes: dict[str, bytes]) -> None:
@@ -155,11 +158,24 @@ def test_batch_keeps_order(http: httpx.Client, image_bytes: dict[str, bytes]) ->
     files = [("images", (f"{n}.img", image_bytes[n], "application/octet-stream")) for n in names]
     batch = http.post("/classify_batch", files=files, data={"top_k": "10"})
     assert batch.status_code == 200, batch.text
-    answers = [Classification.model_validate(a) for a in batch.json()]
+    answers = batch.json()
     assert len(answers) == len(names)
     for one, answer in zip(single, answers):
-        expected = {p["label"]: p["probability"] for p in one["top_k"]}
-        assert {p.label: p.probability for p in answer.top_k} == pytest.approx(expected, abs=1e-5)
+        assert_same_answer(answer, one)
+
+
+def test_batch_of_two_equals_two_single_answers(http: httpx.Client, image_bytes: dict[str, bytes]) -> None:
+    """Images that share a model call get exactly the answers they get alone (same label and probabilities)."""
+    names = ["large", "mode_l"]  # solid red and grey noise: clearly different answers
+    single = [classify(http, image_bytes[n]).json() for n in names]
+    files = [("images", (f"{n}.img", image_bytes[n], "application/octet-stream")) for n in names]
+    batch = http.post("/classify_batch", files=files)
+    assert batch.status_code == 200, batch.text
+    assert len(batch.json()) == 2
+    for answer, one in zip(batch.json(), single):
+        assert_same_answer(answer, one)
+    first, second = ({p["label"]: p["probability"] for p in one["top_k"]} for one in single)
+    assert first != pytest.approx(second, abs=1e-4)  # a mix-up of the two would show
 
 
 def test_batch_names_the_bad_image(http: httpx.Client, image_bytes: dict[str, bytes]) -> None:
@@ -186,6 +202,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_64_concurrent_requests_are_batched(cifar_server, image_bytes: dict[str, bytes]) -> None:
+    alone = httpx.post(f"{cifar_server.url}/classify", files={"image": ("i", image_bytes["jpeg"])}, timeout=30).json()
     before = httpx.get(f"{cifar_server.url}/metrics").text
 
     async def burst() -> list[httpx.Response]:
@@ -197,10 +214,13 @@ def test_64_concurrent_requests_are_batched(cifar_server, image_bytes: dict[str,
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 64
+    for response in responses:  # the same image: every request of the shared batches got its own, equal answer
+        assert_same_answer(response.json(), alone)
     after = httpx.get(f"{cifar_server.url}/metrics").text
     images = _metric(after, "cifar10_inference_batch_size_sum") - _metric(before, "cifar10_inference_batch_size_sum")
     calls = _metric(after, "cifar10_inference_batch_size_count") - _metric(before, "cifar10_inference_batch_size_count")
     assert images == 64 and 0 < calls < 64, (images, calls)  # some model call held more than one request
-    assert _metric(after, "cifar10_images_total") >= 64
+    counted = _metric(after, "cifar10_images_total") - _metric(before, "cifar10_images_total")
+    assert counted == 64, counted
     assert re.search(r'bentoml_service_request_total\{endpoint="/classify",http_response_code="200"', after)
     assert "bentoml_service_request_duration_seconds_bucket" in after

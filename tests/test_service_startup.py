@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import PROJECT_ROOT, ModelStore, start_server, stop_server
+from conftest import PROJECT_ROOT, ModelStore, start_server
 
 
 def test_missing_model_fails_with_one_line(cifar_model_store: ModelStore, tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_missing_model_fails_with_one_line(cifar_model_store: ModelStore, tmp_pa
     try:
         assert server.process.wait(timeout=60) != 0
     finally:
-        stop_server(server)
+        server.stop()
     lines = [line for line in server.log_text().splitlines() if "doesnotexist" in line]
     assert len(lines) == 1, server.log_text()
     assert "cifar10-cnn:doesnotexist" in lines[0] and "train-cifar --optimizer adam" in lines[0]

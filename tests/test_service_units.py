@@ -14,16 +14,70 @@ from PIL import Image
 
 from service.auth import ApiKeyMiddleware, bearer_token, is_open
 from service.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
-from service.device import configure_device, gpu_count
+from service.device import configure_device
 from service.http import validation_message
-from service.images import ImageError, decode_image
-from service.settings import Settings, model_tag
+from contract.images import ImageError, decode_image
+from service.settings import Settings, SettingsError, gpu_count, model_tag, model_tags
 
 
 @pytest.mark.parametrize("name", ["png", "jpeg", "gif", "bmp", "webp", "tiff", "mode_l", "mode_la", "mode_p", "mode_rgba", "mode_cmyk", "mode_16bit", "large"])
 def test_decode_every_format_and_mode(image_bytes: dict[str, bytes], name: str) -> None:
     array = decode_image(image_bytes[name], max_pixels=10_000_000)
     assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+    if name in ("bmp", "tiff", "mode_rgba"):  # lossless encodings of the PNG's pixels: the same array
+        np.testing.assert_array_equal(array, decode_image(image_bytes["png"], max_pixels=10_000_000))
+    if name in ("mode_l", "mode_la"):  # grey stays grey: three equal channels
+        assert (array == array[..., :1]).all()
+
+
+SOURCE = (200, 60, 30)  # distinct channels: swapped or inverted channels (CMYK) show
+
+
+def _solid(mode: str = "RGB", colour: tuple[int, ...] = SOURCE) -> Image.Image:
+    image = Image.new("RGB", (64, 48), colour[:3])
+    if mode == "P":  # an exact palette: the file holds the colour itself, not a dithered approximation
+        return image.convert("P", palette=Image.Palette.ADAPTIVE)
+    return image.convert(mode)
+
+
+def _gif_two_frames() -> bytes:
+    """An animated GIF: the first frame is SOURCE, the second blue; the service reads the first."""
+    buffer = io.BytesIO()
+    _solid("P").save(buffer, "GIF", save_all=True, append_images=[_solid("P", (20, 40, 220))])
+    return buffer.getvalue()
+
+
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, data, expected, tolerance",
+    [
+        ("png", lambda: _encoded(_solid(), "PNG"), SOURCE, 0),
+        ("jpeg", lambda: _encoded(_solid(), "JPEG", quality=90), SOURCE, 3),
+        ("bmp", lambda: _encoded(_solid(), "BMP"), SOURCE, 0),
+        ("tiff", lambda: _encoded(_solid(), "TIFF"), SOURCE, 0),
+        ("webp", lambda: _encoded(_solid(), "WEBP"), SOURCE, 5),  # lossy by default
+        ("webp_lossless", lambda: _encoded(_solid(), "WEBP", lossless=True), SOURCE, 0),
+        ("gif", lambda: _encoded(_solid("P"), "GIF"), SOURCE, 0),
+        ("gif_animated", _gif_two_frames, SOURCE, 0),
+        ("png_palette", lambda: _encoded(_solid("P"), "PNG"), SOURCE, 0),
+        ("jpeg_cmyk", lambda: _encoded(_solid("CMYK"), "JPEG", quality=90), SOURCE, 3),
+        ("tiff_cmyk", lambda: _encoded(_solid("CMYK"), "TIFF"), SOURCE, 0),
+        ("png_rgba_opaque", lambda: _encoded(_solid("RGBA"), "PNG"), SOURCE, 0),
+        ("png_rgba_half", lambda: _encoded(Image.new("RGBA", (8, 8), (*SOURCE, 128)), "PNG"), (227, 157, 142), 1),  # over white
+        ("png_grey", lambda: _encoded(_solid("L"), "PNG"), (98, 98, 98), 0),  # ITU-R 601 luma of SOURCE
+        ("png_grey_alpha", lambda: _encoded(_solid("LA"), "PNG"), (98, 98, 98), 0),
+    ],
+)
+def test_decode_keeps_the_source_colour(name: str, data: object, expected: tuple[int, int, int], tolerance: int) -> None:
+    """A solid-colour image decodes to that colour in every pixel, whatever the format or mode."""
+    array = decode_image(data(), 10**7).astype(int)  # type: ignore[operator]
+    error = np.abs(array - np.array(expected)).max()
+    assert error <= tolerance, (name, array.reshape(-1, 3).min(0).tolist(), array.reshape(-1, 3).max(0).tolist())
 
 
 def test_decode_keeps_colour_and_scales_16_bit() -> None:
@@ -142,7 +196,7 @@ def test_batcher_close_times_out_instead_of_hanging() -> None:
         second = asyncio.ensure_future(batcher.predict(np.zeros((1, 32, 32, 3), np.uint8)))
         await asyncio.sleep(0.05)
         await batcher.close(timeout=0.2)
-        with pytest.raises(BatcherClosed):
+        with pytest.raises(BatcherClosed, match="shut down before this request ran"):
             await second  # queued behind a stuck call: failed, not left hanging
         release.set()
         first.cancel()
@@ -234,7 +288,7 @@ class FakeTF:
 @pytest.mark.parametrize("worker_index, expected", [(1, "GPU:0"), (2, "GPU:1"), (3, "GPU:0"), (None, "GPU:0")])
 def test_one_gpu_per_worker_with_memory_growth(worker_index: int | None, expected: str) -> None:
     tf = FakeTF(["GPU:0", "GPU:1"])
-    device = configure_device(worker_index, tf=tf)
+    device = configure_device(worker_index, 1, tf=tf)
     assert tf.visible == [expected] and tf.growth == [expected]
     assert device.type == "GPU" and str(device) == f"GPU: NVIDIA Fake {expected[-1]}"
 
@@ -242,11 +296,12 @@ def test_one_gpu_per_worker_with_memory_growth(worker_index: int | None, expecte
 def test_cpu_when_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CIFAR10_INFERENCE_THREADS", raising=False)
     tf = FakeTF([])
-    device = configure_device(1, tf=tf)
+    threads = Settings.from_env().inference_threads
+    device = configure_device(1, threads, tf=tf)
     assert device.type == "CPU" and str(device).startswith("CPU: ")
-    assert tf.intra_op_threads == [max(1, (os.cpu_count() or 2) // 2)]
+    assert tf.intra_op_threads == [max(1, (os.cpu_count() or 2) // 2)] == [threads]
     monkeypatch.setenv("CIFAR10_INFERENCE_THREADS", "3")
-    configure_device(1, tf=tf)
+    configure_device(1, Settings.from_env().inference_threads, tf=tf)
     assert tf.intra_op_threads[-1] == 3
 
 
@@ -264,8 +319,28 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_batch_size == 16 and settings.max_body_bytes == 10 * 1024 * 1024
     assert model_tag() == "cifar10-cnn-sgd:latest"
     monkeypatch.setenv("CIFAR10_MAX_BATCH_SIZE", "lots")
-    with pytest.raises(ValueError, match="CIFAR10_MAX_BATCH_SIZE"):
+    with pytest.raises(SettingsError, match="CIFAR10_MAX_BATCH_SIZE='lots' is not an integer"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("CIFAR10_WORKERS", "0", "CIFAR10_WORKERS=0 must be at least 1"),
+    ("CIFAR10_INFERENCE_THREADS", "two", "CIFAR10_INFERENCE_THREADS='two' is not an integer"),
+    ("CIFAR10_TRUST_MODEL_CODE", "maybe", "CIFAR10_TRUST_MODEL_CODE='maybe' is not a switch"),
+    ("CIFAR10_MODELS", "a,b,a:1", "names a model twice"),
+])
+def test_every_setting_is_validated(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env()
+
+
+def test_served_models_from_the_environment() -> None:
+    assert model_tags({}) == ["cifar10-cnn:latest"]
+    assert model_tags({"CIFAR10_MODEL": "x:1"}) == ["x:1"]
+    assert model_tags({"CIFAR10_MODEL": "x", "CIFAR10_MODELS": " a , b:2 "}) == ["a:latest", "b:2"]
+    settings = Settings.from_env({"CIFAR10_MODELS": "a,b", "CIFAR10_MODEL_CONTROL": "1", "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert (settings.model_tag, settings.model_control, settings.gpus, settings.workers) == ("a:latest", True, 2, 2)
 
 
 def test_validation_message_is_one_line() -> None:

@@ -1,0 +1,161 @@
+"""One real `bentoml serve` subprocess on loopback, shared by the tests and the benchmarks.
+
+    server = ServerProcess.start("service.service:CIFAR10Classifier", server_env(), Path("serve.log"))
+    try:
+        server.require_running()
+        httpx.get(f"{server.url}/metadata")
+    finally:
+        server.stop()
+
+The server runs in its own process group (its workers too), so stop() ends all of it and nothing
+else; its output goes to a log file the caller reads when something went wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_IMPORT = "service.service:CIFAR10Classifier"
+HOST = "127.0.0.1"  # loopback only: nothing a test or benchmark starts is reachable from outside
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago: each server gets its own, tests run side by side."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) plus quiet TensorFlow, no telemetry and the project importable."""
+    env = {**(os.environ if base is None else base), "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """`bentoml serve TARGET --host 127.0.0.1 --port PORT`, leader of its own process group."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    command: list[str]
+    started_at: float = field(default_factory=time.monotonic)
+    ready_seconds: float | None = None  # from spawn to /readyz 200 (None: not ready, or not waited for)
+
+    @classmethod
+    def spawn(cls, target: str, env: Mapping[str, str], log: Path, cwd: Path = PROJECT_ROOT) -> ServerProcess:
+        """Start the server without waiting: callers that measure or signal start-up themselves."""
+        port = free_port()
+        command = [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
+        with log.open("wb") as handle:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                command, cwd=cwd, env=dict(env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return cls(process, port, log, command)
+
+    @classmethod
+    def start(
+        cls, target: str, env: Mapping[str, str], log: Path, *, timeout: float = 120.0, cwd: Path = PROJECT_ROOT
+    ) -> ServerProcess:
+        """Spawn and wait for /readyz; a server that died at start-up is returned so its log can be read."""
+        server = cls.spawn(target, env, log, cwd)
+        try:
+            server.wait_ready(timeout)
+        except BaseException:  # not ready in time, or interrupted: leave no server behind
+            server.stop()
+            raise
+        return server
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server, for httpx and the clients."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of the server's main process, None while it runs."""
+        return self.process.poll()
+
+    def wait_ready(self, timeout: float, interval: float = 0.25) -> bool:
+        """True once /readyz answers 200, False as soon as the process exits; TimeoutError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.ready_seconds = time.monotonic() - self.started_at
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(interval)
+        raise TimeoutError(f"server not ready in {timeout:.0f}s:\n{self.log_tail()}")
+
+    def require_running(self, name: str = "server") -> None:
+        """Raise RuntimeError with the log tail when the server has exited (a failed start-up)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {self.process.returncode}:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        return self.log.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the log: enough for an error message, short enough for a report."""
+        return self.log_text()[-chars:]
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server's main process and all its workers (0 once it has exited)."""
+        if self.process.poll() is not None:  # its pid may already belong to another process
+            return 0
+        try:
+            root = psutil.Process(self.process.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # a worker that ended between the listing and the reading
+                pass
+        return total
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of /metrics, or '' when the server does not answer."""
+        try:
+            return httpx.get(f"{self.url}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM to the process group (a graceful drain), SIGKILL after `timeout`; the exit status."""
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+        return self.process.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        """Signal the server and its workers: our own group, made by start_new_session."""
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:  # the group ended in the meantime
+            pass
