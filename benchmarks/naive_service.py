@@ -14,9 +14,10 @@ import bentoml
 import numpy as np
 from PIL import Image
 
+from contract.card import INPUT_SCALINGS, ModelCard
+from contract.predictor import load_network
 from service.schemas import Classification, Prediction
 from service.settings import model_tag
-from training.store import CIFAR10_CLASSES, FORMAT_FILES, load_network
 
 MODEL = bentoml.models.BentoModel(model_tag())
 
@@ -29,22 +30,20 @@ class NaiveClassifier:
         import keras
 
         stored = self.model_ref
-        metadata = stored.info.metadata
-        model_format = metadata.get("format", "keras")
-        path = Path(stored.path) / FORMAT_FILES[model_format]
-        if model_format == "keras":
+        card = ModelCard.from_metadata(dict(stored.info.metadata))
+        path = Path(stored.path) / card.model_file
+        if card.format == "keras":
             self.model = keras.saving.load_model(path, compile=False)
         else:  # Keras 2 files need tf-keras; same `.predict` API
-            self.model = load_network(path, model_format)
-        self.scale = {"0-1": 1 / 255.0, "-1-1": 1 / 127.5}.get(metadata.get("input_scaling", "uint8"))
-        self.offset = -1.0 if metadata.get("input_scaling") == "-1-1" else 0.0
-        self.class_names = list(metadata.get("class_names", CIFAR10_CLASSES))
+            self.model = load_network(path, card.format)
+        self.scale, self.offset = INPUT_SCALINGS[card.input_scaling]
+        self.class_names = card.class_names
         self.tag = str(stored.tag)
 
     @bentoml.api(route="/classify")
     def classify(self, image: Image.Image, top_k: int = 3) -> Classification:
         array = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.uint8)
-        x = array[None] if self.scale is None else array[None] * self.scale + self.offset
+        x = array[None] if self.scale == 1.0 else array[None] * self.scale + self.offset
         probabilities = self.model.predict(x, verbose=0)[0]
         best = np.argsort(-probabilities)[:top_k]
         return Classification(

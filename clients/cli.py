@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,8 +34,22 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="a served model's name (default: the server's first)")]
+
+
 def _client(url: Optional[str], timeout: float, api_key: Optional[str]) -> CIFAR10Client:
     return CIFAR10Client(url or default_url(), timeout=timeout, api_key=api_key or "")
+
+
+@contextmanager
+def _calling(url: Optional[str]) -> Iterator[None]:
+    """The server's refusal or an unreachable server: one line on stderr, exit code 1."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise _fail(f"server refused the request: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the service at {url or default_url()}: {exc}") from None
 
 
 @app.command()
@@ -44,18 +60,17 @@ def classify(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON answers instead of a table")] = False,
     timeout: TimeoutOption = 30.0,
     api_key: ApiKeyOption = None,
+    model: ModelOption = None,
 ) -> None:
     """Classify one or more images (several go in one /classify_batch request)."""
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise _fail(f"no such file: {', '.join(missing)}")
-    try:
-        with _client(url, timeout, api_key) as client:
-            results = [client.classify(images[0], top_k)] if len(images) == 1 else client.classify_batch(images, top_k)
-    except ServiceError as exc:
-        raise _fail(f"server refused the request: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the service at {url or default_url()}: {exc}") from None
+    with _calling(url), _client(url, timeout, api_key) as client:
+        if len(images) == 1:
+            results = [client.classify(images[0], top_k, model)]
+        else:
+            results = client.classify_batch(images, top_k, model)
     if as_json:
         payload = [{"file": str(p), **r.model_dump()} for p, r in zip(images, results)]
         typer.echo(json.dumps(payload if len(payload) > 1 else payload[0], indent=2))
@@ -77,15 +92,11 @@ def metadata(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
     timeout: TimeoutOption = 30.0,
     api_key: ApiKeyOption = None,
+    model: ModelOption = None,
 ) -> None:
     """Show which model the service runs, how it was trained and where it infers."""
-    try:
-        with _client(url, timeout, api_key) as client:
-            info = client.metadata()
-    except ServiceError as exc:
-        raise _fail(f"server refused the request: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the service at {url or default_url()}: {exc}") from None
+    with _calling(url), _client(url, timeout, api_key) as client:
+        info = client.metadata(model)
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
         return
@@ -108,6 +119,54 @@ def metadata(
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+
+
+@app.command()
+def models(
+    url: UrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    timeout: TimeoutOption = 30.0,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List the served models and their versions (the first is the default)."""
+    with _calling(url), _client(url, timeout, api_key) as client:
+        states = client.models()
+    if as_json:
+        typer.echo(json.dumps([state.model_dump(exclude_none=True) for state in states], indent=2))
+        return
+    table = Table(title="served models")
+    for column in ("name", "version", "state"):
+        table.add_column(column)
+    for state in states:
+        table.add_row(state.name, state.version or "-", state.state + (f" ({state.reason})" if state.reason else ""))
+    console.print(table)
+
+
+@app.command()
+def load(
+    name: Annotated[str, typer.Argument(help="the model's store name, e.g. cifar10-cnn")],
+    version: Annotated[Optional[str], typer.Option("--version", help="a stored version (default: the newest)")] = None,
+    url: UrlOption = None,
+    timeout: TimeoutOption = 30.0,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Switch a served model to a newly stored version, with no downtime (server: CIFAR10_MODEL_CONTROL=1)."""
+    with _calling(url), _client(url, timeout, api_key) as client:
+        state = client.load(name, version)
+    console.print(f"serving {state.name}:{state.version}")
+
+
+@app.command()
+def unload(
+    name: Annotated[str, typer.Argument(help="the model's store name")],
+    url: UrlOption = None,
+    timeout: TimeoutOption = 30.0,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Take a model out of service (server: CIFAR10_MODEL_CONTROL=1)."""
+    with _calling(url), _client(url, timeout, api_key) as client:
+        state = client.unload(name)
+    console.print(f"{state.name} is {state.state}")
 
 
 def _metric(value: object) -> str:

@@ -15,11 +15,12 @@ import httpx
 from PIL import Image
 from pydantic import TypeAdapter
 
-from service.schemas import Classification, ModelMetadata
+from service.schemas import Classification, ModelMetadata, ModelState
 
 ImageInput = Union[str, Path, bytes, Image.Image]
 DEFAULT_URL = "http://localhost:3000"
 _BATCH = TypeAdapter(list[Classification])
+_STATES = TypeAdapter(list[ModelState])
 
 
 def default_url() -> str:
@@ -74,6 +75,17 @@ def _batch_files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, byt
     return [("images", image_file(image, f"image{i}")) for i, image in enumerate(images)]
 
 
+def _fields(top_k: int, model: str | None) -> dict[str, str]:
+    return {"top_k": str(top_k), **({"model": model} if model else {})}
+
+
+RAW_BODY = {"Content-Type": "application/octet-stream"}  # the cheap /classify path: no multipart, no temp file
+
+
+def _load_body(version: str | None) -> dict[str, Any]:
+    return {"parameters": {"version": version}} if version else {}
+
+
 class CIFAR10Client:
     """Blocking client: `CIFAR10Client().classify("cat.jpg").label`.
 
@@ -84,17 +96,33 @@ class CIFAR10Client:
         self.url = (url or default_url()).rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=auth_headers(api_key))
 
-    def classify(self, image: ImageInput, top_k: int = 3) -> Classification:
-        files = {"image": image_file(image)}
-        response = _check(self._http.post("/classify", files=files, data={"top_k": str(top_k)}))
+    def classify(self, image: ImageInput, top_k: int = 3, model: str | None = None) -> Classification:
+        """`model`: a served model's name (default: the server's first). The image is sent as the raw body."""
+        content = image_file(image)[1]
+        response = _check(self._http.post("/classify", content=content, params=_fields(top_k, model), headers=RAW_BODY))
         return Classification.model_validate_json(response.content)
 
-    def classify_batch(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Classification]:
-        response = _check(self._http.post("/classify_batch", files=_batch_files(images), data={"top_k": str(top_k)}))
+    def classify_batch(self, images: Sequence[ImageInput], top_k: int = 3, model: str | None = None) -> list[Classification]:
+        response = _check(self._http.post("/classify_batch", files=_batch_files(images), data=_fields(top_k, model)))
         return _BATCH.validate_json(response.content)
 
-    def metadata(self) -> ModelMetadata:
-        return ModelMetadata.model_validate_json(_check(self._http.get("/metadata")).content)
+    def metadata(self, model: str | None = None) -> ModelMetadata:
+        params = {"model": model} if model else None
+        return ModelMetadata.model_validate_json(_check(self._http.get("/metadata", params=params)).content)
+
+    def models(self) -> list[ModelState]:
+        """The served models (and unloaded ones), from the v2 model repository index."""
+        return _STATES.validate_json(_check(self._http.get("/v2/repository/index")).content)
+
+    def load(self, name: str, version: str | None = None) -> ModelState:
+        """Switch `name` to its newest stored version (or `version`) with no downtime; needs
+        CIFAR10_MODEL_CONTROL=1 on the server. Returns once every worker serves it."""
+        response = self._http.post(f"/v2/repository/models/{name}/load", json=_load_body(version), timeout=None)
+        return ModelState.model_validate_json(_check(response).content)
+
+    def unload(self, name: str) -> ModelState:
+        response = self._http.post(f"/v2/repository/models/{name}/unload", timeout=None)
+        return ModelState.model_validate_json(_check(response).content)
 
     def ready(self) -> bool:
         """True when the server answers /readyz with 200; False when it is down or still loading."""
@@ -120,18 +148,32 @@ class AsyncCIFAR10Client:
         self.url = (url or default_url()).rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=auth_headers(api_key))
 
-    async def classify(self, image: ImageInput, top_k: int = 3) -> Classification:
-        files = {"image": image_file(image)}
-        response = _check(await self._http.post("/classify", files=files, data={"top_k": str(top_k)}))
-        return Classification.model_validate_json(response.content)
+    async def classify(self, image: ImageInput, top_k: int = 3, model: str | None = None) -> Classification:
+        content = image_file(image)[1]
+        response = await self._http.post("/classify", content=content, params=_fields(top_k, model), headers=RAW_BODY)
+        return Classification.model_validate_json(_check(response).content)
 
-    async def classify_batch(self, images: Sequence[ImageInput], top_k: int = 3) -> list[Classification]:
+    async def classify_batch(
+        self, images: Sequence[ImageInput], top_k: int = 3, model: str | None = None
+    ) -> list[Classification]:
         files = _batch_files(images)
-        response = _check(await self._http.post("/classify_batch", files=files, data={"top_k": str(top_k)}))
+        response = _check(await self._http.post("/classify_batch", files=files, data=_fields(top_k, model)))
         return _BATCH.validate_json(response.content)
 
-    async def metadata(self) -> ModelMetadata:
-        return ModelMetadata.model_validate_json(_check(await self._http.get("/metadata")).content)
+    async def metadata(self, model: str | None = None) -> ModelMetadata:
+        params = {"model": model} if model else None
+        return ModelMetadata.model_validate_json(_check(await self._http.get("/metadata", params=params)).content)
+
+    async def models(self) -> list[ModelState]:
+        return _STATES.validate_json(_check(await self._http.get("/v2/repository/index")).content)
+
+    async def load(self, name: str, version: str | None = None) -> ModelState:
+        response = await self._http.post(f"/v2/repository/models/{name}/load", json=_load_body(version), timeout=None)
+        return ModelState.model_validate_json(_check(response).content)
+
+    async def unload(self, name: str) -> ModelState:
+        response = await self._http.post(f"/v2/repository/models/{name}/unload", timeout=None)
+        return ModelState.model_validate_json(_check(response).content)
 
     async def ready(self) -> bool:
         try:

@@ -2,8 +2,9 @@
 
 With `CIFAR10_API_KEY` set, every request needs `Authorization: Bearer <key>` except the ones an
 orchestrator or a monitoring system makes without credentials: the probes (/livez, /readyz,
-/healthz), Prometheus' /metrics, and the API description (/docs.json, /schema.json, the Swagger
-page at / and its static files), which holds nothing secret. Inference and /metadata (GET and
+/healthz, /v2/health/live, /v2/health/ready), Prometheus' /metrics, and the API description
+(/docs.json, /schema.json, /v2/openapi.json, the Swagger
+page at / and its static files, the /ui page and its assets), which holds nothing secret. Inference and /metadata (GET and
 POST) are protected, and so is any other path: deny by default. Without the variable the
 middleware lets everything through.
 """
@@ -16,8 +17,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.http import drain, send_json
 
-OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/"})
-OPEN_PREFIXES = ("/static_content/", "/assets/")
+OPEN_PATHS = frozenset({
+    "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/",
+    "/v2/health/live", "/v2/health/ready", "/v2/openapi.json", "/ui",
+})
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui/")
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cifar10"')
 
 

@@ -7,7 +7,7 @@ a server-side fetch when it is); these models refuse anything but an uploaded fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import bentoml
 from pydantic import Field, ValidationError
@@ -18,11 +18,14 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from service.schemas import TOP_K_MAX
-from service.settings import Settings
+from service.settings import service_settings
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TopK = Annotated[int, Field(ge=1, le=TOP_K_MAX, description="how many of the best classes to return")]
-MAX_FILES = Settings.from_env().max_batch_files
+ModelName = Annotated[
+    Optional[str], Field(max_length=63, description="a served model's store name (default: the first served)")
+]
+MAX_FILES = service_settings().max_batch_files
 # Parts beyond the image files that the form parser accepts before it refuses the body (Starlette
 # allows 1000 files and 1000 fields); the models then name what is wrong with the rest.
 EXTRA_PARTS = 16
@@ -74,6 +77,7 @@ class UploadInput(bentoml.IODescriptor):
 class ClassifyInput(UploadInput):
     image: Annotated[Path, Field(description="the image file (PNG, JPEG, GIF, BMP, WebP, TIFF); any Content-Type")]
     top_k: TopK = 3
+    model: ModelName = None
 
 
 class ClassifyBatchInput(UploadInput):
@@ -82,3 +86,4 @@ class ClassifyBatchInput(UploadInput):
         Field(min_length=1, max_length=MAX_FILES, description="image files (repeat the field); answered in order"),
     ]
     top_k: TopK = 3
+    model: ModelName = None

@@ -54,14 +54,30 @@ class ModelMetadata(BaseModel):
     translate_tta: bool = False
     config: dict[str, Any] = Field(default_factory=dict, description="the full training config")
     metrics: dict[str, Any] = Field(default_factory=dict, description="test accuracy and others")
+    per_class: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="test precision, recall, f1 and support of each class"
+    )
+    plots: dict[str, str] = Field(
+        default_factory=dict, description="the run's plots stored with the model (file -> URL on this server)"
+    )
     training_time_s: float | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     framework_versions: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
+    backend: str = Field("tensorflow", description="the framework that runs the model")
     device: str = Field(description="where inference runs, e.g. 'GPU: NVIDIA H100' or 'CPU: ...'")
     device_type: str = Field(description="GPU or CPU")
     batching: BatchingSettings
     limits: Limits
+
+
+class ModelState(BaseModel):
+    """One entry of GET /v2/repository/index, and the answer of a load or unload."""
+
+    name: str
+    version: str | None = None
+    state: str = Field(description="READY or UNAVAILABLE")
+    reason: str | None = None
 
 
 class ErrorBody(BaseModel):

@@ -1,69 +1,63 @@
 """The CIFAR-10 classification service: `bentoml serve service.service:CIFAR10Classifier`.
 
-Per worker: pick the device, load the stored model once through `training.store.load_predictor`,
-warm it up at every batch size it will meet, then answer. All classification goes through one
-micro-batcher, so concurrent requests share model calls.
+Per worker: pick the device, load each served model once (`service.registry`), warm it up at every
+batch size it will meet, then answer. Classification goes through each model's micro-batcher, so
+concurrent requests share model calls. Beside the API methods: GET /metadata and the Open Inference
+Protocol (`service.routes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
+from contract.images import ImageError, decode_image
+from contract.predictor import UntrustedModel, check_trust, read_card
+from service.answers import classification, decode_upload, error_response, unavailable
 from service.auth import ApiKeyMiddleware
-from service.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
-from service.device import Device, configure_device, gpu_count
+from service.control import SharedControl, Wanted, server_folder
+from service.batching import BatcherClosed, power_of_two_sizes
+from service.device import Device, configure_device
 from service.http import LimitsMiddleware
-from service.images import ImageError, decode_image
 from service.inputs import ClassifyBatchInput, ClassifyInput
-from service.schemas import (
-    BatchingSettings,
-    Classification,
-    Limits,
-    ModelMetadata,
-    Prediction,
-)
-from service.settings import Settings
-from training.store import Predictor, load_predictor
+from service.raw_body import RawBodyMiddleware
+from service.registry import ModelError, ModelRegistry, ServedModel
+from service.routes import build_app
+from service.schemas import BatchingSettings, Classification, Limits, ModelMetadata
+from service.settings import service_settings
 
 logger = logging.getLogger("bentoml.service.cifar10")
 
-SETTINGS = Settings.from_env()
-GPUS = gpu_count()
-WORKERS = int(os.environ.get("CIFAR10_WORKERS") or max(1, GPUS))  # one worker per GPU
 TRAIN_HINT = "train one with: train-cifar --optimizer adam"
 SHUTDOWN_DRAIN_S = 30.0  # longest wait for queued model calls at shutdown
-
-MODEL = bentoml.models.BentoModel(SETTINGS.model_tag)
-if MODEL.stored is None:  # fail at import: `bentoml serve` and `bentoml build` then print one line
-    raise bentoml.exceptions.NotFound(
-        f"model '{SETTINGS.model_tag}' is not in the BentoML model store "
-        f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); {TRAIN_HINT}, or set CIFAR10_MODEL to a stored tag"
-    )
-
-def error_response(exc: ImageError, index: int | None = None) -> Any:
-    """A 4xx JSON answer; BentoML passes a returned Response through unchanged."""
-    body: dict[str, Any] = {"error": str(exc) if index is None else f"images[{index}]: {exc}"}
-    if index is not None:
-        body["index"] = index
-    return JSONResponse(body, status_code=exc.status_code)
+ALL_WORKERS_SWITCH_S = 300.0  # longest wait, in a load or unload, for the other workers to follow
 
 
-def unavailable(exc: Exception) -> Any:
-    """503 while the worker shuts down (a request that slipped in after the drain began)."""
-    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+def declare_model(tag: str) -> bentoml.models.BentoModel:
+    """The store entry as a BentoModel (so `bentoml build` packs it), checked at import so that
+    `bentoml serve` and `bentoml build` fail with one line before any worker starts."""
+    model = bentoml.models.BentoModel(tag)
+    if model.stored is None:
+        raise bentoml.exceptions.NotFound(
+            f"model '{tag}' is not in the BentoML model store "
+            f"({SETTINGS.bentoml_home}); {TRAIN_HINT}, or set CIFAR10_MODEL to a stored tag"
+        )
+    try:  # the card alone: nothing of the model file is deserialized before this check
+        check_trust(str(model.stored.tag), read_card(str(model.stored.tag))[1], SETTINGS.trust_model_code)
+    except UntrustedModel as error:
+        raise bentoml.exceptions.BentoMLException(str(error)) from None
+    return model
 
+
+SETTINGS = service_settings()
+MODELS = [declare_model(tag) for tag in SETTINGS.model_tags]
 
 _METRICS: tuple[Any, Any] | None = None
 
@@ -85,150 +79,188 @@ def _metrics(max_batch_size: int) -> tuple[Any, Any]:
     return _METRICS
 
 
-async def get_metadata(_: Request) -> JSONResponse:
-    """GET /metadata, so plain `curl host/metadata` works (BentoML API routes are POST only)."""
-    instance: CIFAR10Classifier = bentoml.get_current_service()
-    return JSONResponse(instance.model_metadata.model_dump(mode="json"))
-
-
-metadata_app = Starlette(routes=[Route("/metadata", get_metadata, methods=["GET"])])
-
-
-@bentoml.asgi_app(metadata_app, path="/")
+@bentoml.asgi_app(build_app(), path="/")
 @bentoml.service(
     name="cifar10_classifier",
-    workers=WORKERS,
-    **({"resources": {"gpu": GPUS}} if GPUS else {}),
+    workers=SETTINGS.workers,
+    **({"resources": {"gpu": SETTINGS.gpus}} if SETTINGS.gpus else {}),
     traffic={"timeout": 60},
 )
 class CIFAR10Classifier:
-    """Classify images into the ten CIFAR-10 classes with a Keras model from the BentoML store."""
+    """Classify images into the ten CIFAR-10 classes with Keras models from the BentoML store."""
 
-    model_ref = MODEL
+    model_ref = MODELS[0]  # the others are declared below the class
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        self.device: Device = configure_device(bentoml.server_context.worker_index)
-        stored = self.model_ref  # resolves the local store entry (BentoModel descriptor)
-        self.predictor: Predictor = load_predictor(str(stored.tag))
-        self.class_names = np.array(self.predictor.class_names)
-        batch_sizes, images = _metrics(SETTINGS.max_batch_size)
-        self.images_counter = images
-        self.batcher = MicroBatcher(
-            self.predictor.predict, SETTINGS.max_batch_size, SETTINGS.max_latency_ms, batch_sizes.observe
-        )
+        self.device: Device = configure_device(bentoml.server_context.worker_index, SETTINGS.inference_threads)
+        batch_sizes, self.images_counter = _metrics(SETTINGS.max_batch_size)
+        self.registry = ModelRegistry(SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.trust_model_code,
+                                      batch_sizes.observe)
         self.decode_pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="cifar10-decode")
-        self.model_metadata = self._build_metadata(stored.info.creation_time)
         self._ready = False
-        self._warm_up()
+        for model in MODELS:
+            self.registry.add(self.registry.load(str(model.stored.tag)))
+        self.control = (
+            SharedControl(server_folder(), bentoml.server_context.worker_index or 1, SETTINGS.workers)
+            if SETTINGS.model_control and SETTINGS.workers > 1 else None
+        )
         self._ready = True
-        logger.info("serving %s on %s", self.predictor.tag, self.device)
-
-    def _warm_up(self) -> None:
-        """One call at every batch size the batcher can form (1 to max_batch_size): no real request
-        pays for tracing, and the CPU kernels' per-shape caches are full before the memory baseline."""
-        for size in range(1, SETTINGS.max_batch_size + 1):
-            self.predictor.predict(np.zeros((size, 32, 32, 3), dtype=np.uint8))
+        logger.info("serving %s on %s", ", ".join(m.tag for m in self.registry.models.values()), self.device)
 
     def __is_ready__(self) -> bool:
         return self._ready
 
-    def _build_metadata(self, creation_time: Any) -> ModelMetadata:
-        meta = self.predictor.metadata
-        name, version = self.predictor.tag.split(":", 1)
+    @bentoml.on_startup
+    async def _follow_model_control(self) -> None:
+        """Each worker applies the loads and unloads that another worker received."""
+        if self.control is not None:
+            self._follower = asyncio.get_running_loop().create_task(self.control.follow(self._apply))
+
+    async def _apply(self, wanted: Wanted) -> None:
+        for name, version in wanted.items():
+            served = self.registry.models.get(name)
+            if version is None and served is not None:
+                await self.registry.unload(name)
+            elif version is not None and (served is None or served.version != version):
+                await self.registry.swap(name, version)
+
+    async def load_model(self, name: str, version: str | None) -> ServedModel:
+        """Load and switch to a version in this worker, then wait until every worker serves it."""
+        served = await self.registry.swap(name, version)
+        await self._publish(name, served.version)
+        return served
+
+    async def unload_model(self, name: str) -> None:
+        await self.registry.unload(name)
+        await self._publish(name, None)
+
+    async def _publish(self, name: str, version: str | None) -> None:
+        if self.control is None:
+            return
+        generation = self.control.publish(name, version)
+        if not await self.control.wait_for_all(generation, ALL_WORKERS_SWITCH_S):
+            raise ModelError(f"not every worker switched {name} within {ALL_WORKERS_SWITCH_S:.0f} s; see the log", 409)
+
+    def describe(self, served: ServedModel) -> ModelMetadata:
+        """What GET /metadata answers for one served model."""
+        card = served.predictor.card
         return ModelMetadata(
-            tag=self.predictor.tag,
-            name=name,
-            version=version,
-            creation_time=creation_time,
-            architecture=meta.get("architecture"),
-            parameters=meta.get("parameters"),
-            class_names=self.predictor.class_names,
-            input_shape=meta.get("input_shape", [32, 32, 3]),
-            input_dtype=meta.get("input_dtype", "uint8"),
-            preprocessing=meta.get("preprocessing"),
-            input_scaling=meta.get("input_scaling"),
-            flip_tta=bool(meta.get("flip_tta", False)),
-            translate_tta=bool(meta.get("translate_tta", False)),
-            config=meta.get("config", {}),
-            metrics=meta.get("metrics", {}),
-            training_time_s=meta.get("training_time_s"),
-            data=meta.get("data", {}),
-            framework_versions={k: str(v) for k, v in meta.get("framework_versions", {}).items()},
-            labels=self.predictor.labels,
+            tag=served.tag,
+            name=served.name,
+            version=served.version,
+            creation_time=served.creation_time,
+            architecture=card.architecture,
+            parameters=card.parameters,
+            class_names=card.class_names,
+            input_shape=card.input_shape,
+            input_dtype=card.input_dtype,
+            preprocessing=card.preprocessing,
+            input_scaling=card.input_scaling,
+            flip_tta=card.flip_tta,
+            translate_tta=card.translate_tta,
+            config=card.config,
+            metrics=card.metrics.model_dump(exclude_none=True),
+            per_class={name: scores.model_dump() for name, scores in card.per_class.items()},
+            plots={plot: f"/models/{served.name}/versions/{served.version}/plots/{plot}" for plot in card.plots},
+            training_time_s=card.training_time_s,
+            data=card.data.model_dump() if card.data else {},
+            framework_versions=card.framework_versions,
+            labels=served.predictor.labels,
             device=str(self.device),
             device_type=self.device.type,
             batching=BatchingSettings(
                 max_batch_size=SETTINGS.max_batch_size,
                 max_latency_ms=SETTINGS.max_latency_ms,
                 max_batch_files=SETTINGS.max_batch_files,
-                workers=WORKERS,
+                workers=SETTINGS.workers,
             ),
             limits=Limits(max_body_bytes=SETTINGS.max_body_bytes, max_image_pixels=SETTINGS.max_image_pixels),
         )
 
-    async def _decode(self, path: Path) -> np.ndarray:
-        """Pillow work runs in a thread pool: the event loop must stay free for other requests."""
+    async def decode_bytes(self, data: bytes) -> np.ndarray:
+        """Pillow work runs in the thread pool: the event loop must stay free for other requests."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decode_pool, self._decode_file, path)
+        return await loop.run_in_executor(self.decode_pool, decode_image, data, SETTINGS.max_image_pixels)
 
-    def _decode_file(self, path: Path) -> np.ndarray:
-        return decode_image(Path(path).read_bytes(), SETTINGS.max_image_pixels)
+    async def decode_files(self, files: list[bytes]) -> np.ndarray:
+        """Encoded images -> one uint8 batch; the first bad file raises."""
+        return np.stack(await asyncio.gather(*(self.decode_bytes(data) for data in files)))
 
-    async def _classify(self, images: np.ndarray, top_k: int) -> list[Classification]:
-        probabilities = await self.batcher.predict(images)  # BatcherClosed once shutdown has begun
-        self.images_counter.inc(len(images))
-        return [self._answer(row, top_k) for row in probabilities]
-
-    def _answer(self, probabilities: np.ndarray, top_k: int) -> Classification:
-        p = probabilities.astype(np.float64)
-        p = p / p.sum()
-        best = np.argsort(-p, kind="stable")[:top_k]
-        return Classification(
-            label=str(self.class_names[best[0]]),
-            confidence=float(p[best[0]]),
-            top_k=[Prediction(label=str(self.class_names[i]), probability=float(p[i])) for i in best],
-            model=self.predictor.tag,
-        )
-
-    @bentoml.api(route="/classify", input_spec=ClassifyInput)
-    async def classify(self, image: Path, top_k: int = 3) -> Classification:
-        """Classify one uploaded image (multipart field `image`); the file's bytes decide its format."""
+    async def classify_bytes(self, data: bytes, top_k: int, model: str | None) -> Any:
+        """/classify with the image as the raw body (`service.raw_body`): decoded in memory, same answers."""
         try:
-            array = await self._decode(image)
+            array = await self.decode_bytes(data)
         except ImageError as exc:
             return error_response(exc)
+        answer = await self._answer(array[None], top_k, model)
+        return JSONResponse(answer[0].model_dump(mode="json")) if isinstance(answer, list) else answer
+
+    async def predict(self, images: np.ndarray, model: str | None = None,
+                      version: str | None = None) -> tuple[ServedModel, np.ndarray]:
+        """Probabilities from the model served under that name now, and which version gave them.
+
+        Picking the model and queueing the images happen with no await between them, so a swap
+        cannot come in between: the whole request runs on the version it picked.
+        """
+        served = self.registry.get(model, version)
+        probabilities = await served.predict(images)  # BatcherClosed once shutdown has begun
+        self.images_counter.inc(len(images))
+        return served, probabilities
+
+    async def _classify(self, images: np.ndarray, top_k: int, model: str | None) -> list[Classification]:
+        served, probabilities = await self.predict(images, model)
+        return [classification(row, served.predictor.class_names, top_k, served.tag) for row in probabilities]
+
+    async def _answer(self, images: np.ndarray, top_k: int, model: str | None) -> Any:
         try:
-            return (await self._classify(array[None], top_k))[0]
+            return await self._classify(images, top_k, model)
+        except ModelError as exc:
+            return error_response(exc)
         except BatcherClosed as exc:
             return unavailable(exc)
 
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
+    async def classify(self, image: Path, top_k: int = 3, model: str | None = None) -> Classification:
+        """Classify one uploaded image (multipart field `image`); the file's bytes decide its format.
+
+        The image may also be the whole body (Content-Type image/* or application/octet-stream, `top_k`
+        and `model` in the query string): that cheaper path is answered by `service.raw_body`."""
+        try:
+            array = await decode_upload(self.decode_pool, image, SETTINGS.max_image_pixels)
+        except ImageError as exc:
+            return error_response(exc)
+        answer = await self._answer(array[None], top_k, model)
+        return answer[0] if isinstance(answer, list) else answer
+
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput)
-    async def classify_batch(self, images: list[Path], top_k: int = 3) -> list[Classification]:
+    async def classify_batch(self, images: list[Path], top_k: int = 3, model: str | None = None) -> list[Classification]:
         """Classify several images (multipart field `images`, repeated); answers keep their order."""
-        decoded = await asyncio.gather(*(self._decode(path) for path in images), return_exceptions=True)
+        decoded = await asyncio.gather(
+            *(decode_upload(self.decode_pool, path, SETTINGS.max_image_pixels) for path in images),
+            return_exceptions=True,
+        )
         for index, result in enumerate(decoded):
             if isinstance(result, ImageError):
                 return error_response(result, index)
             if isinstance(result, BaseException):
                 raise result
-        try:
-            return await self._classify(np.stack(decoded), top_k)
-        except BatcherClosed as exc:
-            return unavailable(exc)
+        return await self._answer(np.stack(decoded), top_k, model)
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> ModelMetadata:
-        """The served model and how it was trained (also answered by GET /metadata)."""
-        return self.model_metadata
+        """The default model and how it was trained (also answered by GET /metadata[?model=name])."""
+        return self.describe(self.registry.get())
 
     @bentoml.on_shutdown
     async def _shutdown(self) -> None:
         """Runs after the server stopped accepting and its open requests ended; queued work still finishes."""
-        await self.batcher.close(timeout=SHUTDOWN_DRAIN_S)
+        await self.registry.close(timeout=SHUTDOWN_DRAIN_S)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
+CIFAR10Classifier.models.extend(MODELS[1:])  # every served model is recorded (and packed) by `bentoml build`
 # The first added is the outermost: a request without the key is refused before its body is read.
 CIFAR10Classifier.add_asgi_middleware(ApiKeyMiddleware, api_key=SETTINGS.api_key, max_drain_bytes=SETTINGS.max_body_bytes)
 CIFAR10Classifier.add_asgi_middleware(LimitsMiddleware, max_body_bytes=SETTINGS.max_body_bytes)
+CIFAR10Classifier.add_asgi_middleware(RawBodyMiddleware, classify=lambda: bentoml.get_current_service().classify_bytes)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bad_files import corpus
+from conftest import assert_same_answer
 from service.schemas import Classification
 
 pytestmark = pytest.mark.timeout(300)
@@ -67,6 +68,8 @@ def test_corpus_in_a_batch_names_the_file(http: httpx.Client, good_png: bytes) -
     valid = [("images", (n, CORPUS[n][0])) for n, (_, status, _) in CORPUS.items() if status == 200][:8]
     response = http.post("/classify_batch", files=valid)
     assert response.status_code == 200 and len(response.json()) == len(valid), response.text
+    for answer, (_, (name, data)) in zip(response.json(), valid):  # in order, each the file's own answer
+        assert_same_answer(answer, http.post("/classify", files={"image": (name, data)}).json())
 
 
 def test_huge_multipart_body(http: httpx.Client, good_png: bytes) -> None:
@@ -111,16 +114,24 @@ def test_too_many_parts(http: httpx.Client, good_png: bytes) -> None:
     assert_serving(http, good_png)
 
 
-def test_schemathesis_no_server_errors(cifar_server, good_png: bytes) -> None:
-    """Positive and negative cases generated from the service's own OpenAPI document: no 5xx."""
+SCHEMAS = {
+    "/docs.json": {"POST /classify", "POST /classify_batch", "POST /metadata"},  # BentoML's API methods
+    "/v2/openapi.json": {"POST /v2/models/{name}/infer", "GET /v2/models/{name}", "POST /v2/repository/index",
+                         "POST /v2/repository/models/{name}/load"},  # the Open Inference Protocol routes
+}
+
+
+@pytest.mark.parametrize("schema_path", sorted(SCHEMAS))
+def test_schemathesis_no_server_errors(cifar_server, good_png: bytes, schema_path: str) -> None:
+    """Positive and negative cases generated from the service's own OpenAPI documents: no 5xx."""
     import schemathesis
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
 
-    schema = schemathesis.openapi.from_url(f"{cifar_server.url}/docs.json", wait_for_schema=30)
+    schema = schemathesis.openapi.from_url(f"{cifar_server.url}{schema_path}", wait_for_schema=30)
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = sorted(op.label for op in operations)
-    assert {"POST /classify", "POST /classify_batch", "POST /metadata"} <= set(labels), labels
+    assert SCHEMAS[schema_path] <= set(labels), labels
     seen: dict[str, set[int]] = {}
 
     for operation in operations:
@@ -145,5 +156,6 @@ def test_schemathesis_no_server_errors(cifar_server, good_png: bytes) -> None:
 
         fuzz()
     print("statuses per operation:", {k: sorted(v) for k, v in sorted(seen.items())})
+    assert sorted(seen) == labels, seen  # every operation was really called
     assert all(status < 500 for statuses in seen.values() for status in statuses), seen
     assert_serving(httpx.Client(base_url=cifar_server.url, timeout=30), good_png)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bad_files import corpus
+from benchmarks.harness import ServerProcess
 from clients.cli import app
 from clients.client import AsyncCIFAR10Client, CIFAR10Client, ServiceError
-from conftest import PROJECT_ROOT, ModelStore, Server, start_server, stop_server
+from conftest import PROJECT_ROOT, ModelStore, assert_same_answer, start_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,12 +25,13 @@ PNG = corpus()["one_pixel"][0]
 
 
 @pytest.fixture(scope="module")
-def keyed_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def keyed_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = start_server(cifar_model_store, tmp_path_factory.mktemp("keyed") / "serve.log", CIFAR10_API_KEY=API_KEY)
-    if server.process.poll() is not None:
-        pytest.fail(f"server exited at start-up:\n{server.log_text()[-3000:]}")
-    yield server
-    stop_server(server)
+    try:
+        server.require_running()
+        yield server
+    finally:
+        server.stop()
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -43,13 +46,23 @@ def assert_401(response: httpx.Response, message: str) -> None:
     assert message in error and "\n" not in error and API_KEY not in error
 
 
-def test_with_the_key_everything_answers(keyed_server: Server) -> None:
+def test_with_the_key_everything_answers(keyed_server: ServerProcess, cifar_model_store: ModelStore) -> None:
     with httpx.Client(base_url=keyed_server.url, timeout=30, headers=bearer(API_KEY)) as http:
-        assert http.post("/classify", files={"image": ("a.png", PNG)}).status_code == 200
-        assert http.post("/classify_batch", files=[("images", ("a.png", PNG))] * 2).status_code == 200
-        assert http.get("/metadata").status_code == 200 and http.post("/metadata").status_code == 200
+        single = http.post("/classify", files={"image": ("a.png", PNG)})
+        assert single.status_code == 200 and single.json()["model"] == cifar_model_store.tag, single.text
+        batch = http.post("/classify_batch", files=[("images", ("a.png", PNG))] * 2)
+        assert batch.status_code == 200 and len(batch.json()) == 2, batch.text
+        for answer in batch.json():  # the key changes who may ask, not the answers
+            assert_same_answer(answer, single.json())
+        meta = http.get("/metadata")
+        assert meta.status_code == 200 and meta.json()["tag"] == cifar_model_store.tag
+        assert http.post("/metadata").json() == meta.json()
         # with a key, bad input is still the usual 4xx
         assert http.post("/classify", files={"image": ("a", b"text")}).status_code == 415
+        raw = http.post("/classify", content=PNG, headers={"Content-Type": "image/png"})  # the raw-body path
+        assert_same_answer(raw.json(), single.json())
+    unkeyed = httpx.post(f"{keyed_server.url}/classify", content=PNG, headers={"Content-Type": "image/png"}, timeout=30)
+    assert_401(unkeyed, "missing API key")
 
 
 @pytest.mark.parametrize(
@@ -64,7 +77,7 @@ def test_with_the_key_everything_answers(keyed_server: Server) -> None:
         ({"X-API-Key": API_KEY}, "missing API key"),
     ],
 )
-def test_without_the_right_key_inference_and_metadata_are_401(keyed_server: Server, headers: dict, message: str) -> None:
+def test_without_the_right_key_inference_and_metadata_are_401(keyed_server: ServerProcess, headers: dict, message: str) -> None:
     with httpx.Client(base_url=keyed_server.url, timeout=30, headers=headers) as http:
         assert_401(http.post("/classify", files={"image": ("a.png", PNG)}), message)
         assert_401(http.post("/classify_batch", files=[("images", ("a.png", PNG))]), message)
@@ -72,23 +85,29 @@ def test_without_the_right_key_inference_and_metadata_are_401(keyed_server: Serv
         assert_401(http.post("/metadata"), message)
 
 
-def test_unauthenticated_upload_is_refused_before_the_body_is_parsed(keyed_server: Server) -> None:
+def test_unauthenticated_upload_is_refused_before_the_body_is_parsed(keyed_server: ServerProcess) -> None:
     response = httpx.post(f"{keyed_server.url}/classify", files={"image": ("big", bytes(512 * 1024))}, timeout=30)
     assert_401(response, "missing API key")
 
 
-def test_probes_metrics_and_docs_stay_open(keyed_server: Server) -> None:
+def test_probes_metrics_and_docs_stay_open(keyed_server: ServerProcess) -> None:
     for path in ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json"):
         assert httpx.get(f"{keyed_server.url}{path}", timeout=30).status_code == 200, path
     metrics = httpx.get(f"{keyed_server.url}/metrics", timeout=30).text
     assert 'http_response_code="401"' in metrics  # refusals are counted
 
 
-def test_clients_and_cli_send_the_key(keyed_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clients_and_cli_send_the_key(
+    keyed_server: ServerProcess, cifar_model_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CIFAR10_API_KEY", raising=False)
     with CIFAR10Client(keyed_server.url, api_key=API_KEY) as client:
-        assert client.classify(PNG).model and client.metadata().name == "cifar10-cnn"
-        assert len(client.classify_batch([PNG, PNG])) == 2
+        alone = client.classify(PNG)
+        assert alone.model == cifar_model_store.tag and client.metadata().tag == cifar_model_store.tag
+        batch = client.classify_batch([PNG, PNG])
+        assert len(batch) == 2
+        for answer in batch:
+            assert_same_answer(answer, alone)
     with CIFAR10Client(keyed_server.url) as client, pytest.raises(ServiceError) as info:
         client.classify(PNG)
     assert info.value.status_code == 401 and "missing API key" in info.value.message
@@ -97,7 +116,7 @@ def test_clients_and_cli_send_the_key(keyed_server: Server, tmp_path: Path, monk
 
     async def run_async() -> None:
         async with AsyncCIFAR10Client(keyed_server.url, api_key=API_KEY) as client:
-            assert (await client.classify(PNG)).label
+            assert_same_answer(await client.classify(PNG), alone)
 
     import asyncio
 
@@ -112,31 +131,38 @@ def test_clients_and_cli_send_the_key(keyed_server: Server, tmp_path: Path, monk
     monkeypatch.delenv("CIFAR10_API_KEY")
     result = runner.invoke(app, ["classify", str(image), "--url", keyed_server.url, "--api-key", API_KEY, "--json"])
     assert result.exit_code == 0, result.output
+    assert_same_answer(json.loads(result.output), alone)
     refused = runner.invoke(app, ["metadata", "--url", keyed_server.url])
     assert refused.exit_code == 1 and "401" in refused.output and "missing API key" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
     from_env = runner.invoke(app, ["metadata", "--url", keyed_server.url, "--json"], env={"CIFAR10_API_KEY": API_KEY})
     assert from_env.exit_code == 0, from_env.output
+    assert json.loads(from_env.output)["tag"] == cifar_model_store.tag
 
 
-def test_no_key_configured_means_open(cifar_server: Server) -> None:
+def test_no_key_configured_means_open(cifar_server: ServerProcess, cifar_model_store: ModelStore) -> None:
     """The session server runs without CIFAR10_API_KEY: no header needed, and a stray one is ignored."""
-    assert httpx.post(f"{cifar_server.url}/classify", files={"image": ("a", PNG)}, timeout=30).status_code == 200
-    assert httpx.get(f"{cifar_server.url}/metadata", headers=bearer("anything"), timeout=30).status_code == 200
+    answer = httpx.post(f"{cifar_server.url}/classify", files={"image": ("a", PNG)}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model"] == cifar_model_store.tag, answer.text
+    meta = httpx.get(f"{cifar_server.url}/metadata", headers=bearer("anything"), timeout=30)
+    assert meta.status_code == 200 and meta.json()["tag"] == cifar_model_store.tag, meta.text
 
 
 LAMBDA_MODEL = """
 import os, sys
 from pathlib import Path
 import keras
-from training.store import CIFAR10_CLASSES, load_predictor, save_model
+from contract.card import CIFAR10_CLASSES, ModelCard
+from contract.predictor import load_predictor
+from training.store import save_model
 
 inputs = keras.Input((32, 32, 3), dtype="uint8")
 x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32") / 255.0)(inputs)  # arbitrary code
 outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
 path = Path(sys.argv[1]) / "lambda.keras"
 keras.Model(inputs, outputs).save(path)
-tag = save_model("lambda-model", path, "keras", metadata={"class_names": CIFAR10_CLASSES}, labels={})
+card = ModelCard(class_names=CIFAR10_CLASSES, architecture="lambda", parameters=0, preprocessing="")
+tag = save_model("lambda-model", path, card, labels={})
 try:
     load_predictor(tag)
 except Exception as exc:

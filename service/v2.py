@@ -1,0 +1,247 @@
+"""The Open Inference Protocol (KServe v2) over HTTP: request parsing and answer encoding.
+
+Pure functions over bytes and numpy, with Triton's binary-data extension (JSON header, then raw
+tensors, split at `Inference-Header-Content-Length`) and classification extension ("score:index:label"
+strings). Every malformed request is a `ProtocolError`, answered as `{"error": ...}` with its 4xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HEADER_LENGTH = "inference-header-content-length"
+IMAGES_INPUT = "images"  # UINT8 [N, 32, 32, 3]: decoded pixels
+FILES_INPUT = "image_files"  # BYTES [N]: encoded image files of any size and format
+OUTPUT = "probabilities"  # FP32 [N, classes]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+
+
+class ProtocolError(Exception):
+    """A request the protocol cannot accept; `status_code` is the HTTP answer (400 or 404)."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass
+class RequestedOutput:
+    classification: int = 0  # k > 0: the k best classes as "score:index:label" strings
+    binary: bool = False
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    images: np.ndarray | None = None  # uint8 (N, 32, 32, 3)
+    files: list[bytes] | None = None  # encoded images
+    output: RequestedOutput = field(default_factory=RequestedOutput)
+
+    @property
+    def count(self) -> int:
+        return len(self.images) if self.images is not None else len(self.files or [])
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary tensor data) of a request body."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise ProtocolError(f"Inference-Header-Content-Length is not an integer: {header_length!r}") from None
+    if not 0 < length <= len(body):
+        raise ProtocolError(f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def parse_json(header: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(header)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"invalid JSON: {error}") from None
+    if not isinstance(request, dict):
+        raise ProtocolError("the request must be a JSON object with an 'inputs' list")
+    return request
+
+
+def parse_infer_request(body: bytes, header_length: str | None, max_files: int) -> InferRequest:
+    """One input tensor (`images` UINT8 or `image_files` BYTES) and the `probabilities` output."""
+    header, binary = split_body(body, header_length)
+    request = parse_json(header)
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(f"expected 'inputs' with exactly one tensor: {IMAGES_INPUT!r} or {FILES_INPUT!r}")
+    tensor = inputs[0]
+    raw, rest = take_binary(tensor, binary)
+    if rest:
+        raise ProtocolError(f"{len(rest)} bytes of binary data follow the tensors declared in the header")
+    parsed = InferRequest(id=optional_id(request), output=requested_output(request))
+    name, datatype, shape = tensor_header(tensor)
+    if name == IMAGES_INPUT:
+        parsed.images = uint8_images(datatype, shape, tensor.get("data"), raw)
+    elif name == FILES_INPUT:
+        parsed.files = image_files(datatype, shape, tensor.get("data"), raw, max_files)
+    else:
+        raise ProtocolError(f"unknown input {name!r}: expected {IMAGES_INPUT!r} or {FILES_INPUT!r}")
+    return parsed
+
+
+def optional_id(request: dict[str, Any]) -> str | None:
+    value = request.get("id")
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError("'id' must be a string")
+    return value
+
+
+def tensor_header(tensor: dict[str, Any]) -> tuple[str, str, list[int]]:
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise ProtocolError("each input needs a string 'name' and 'datatype'")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return name, datatype, shape
+
+
+def take_binary(tensor: dict[str, Any], binary: bytes) -> tuple[bytes | None, bytes]:
+    """The tensor's own bytes from the binary section (if it declares `binary_data_size`), and the rest."""
+    parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None, binary
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError("'binary_data_size' must be a non-negative integer")
+    if size > len(binary):
+        raise ProtocolError(f"binary_data_size {size} is more than the {len(binary)} bytes of binary data sent")
+    return binary[:size], binary[size:]
+
+
+def uint8_images(datatype: str, shape: list[int], data: Any, raw: bytes | None) -> np.ndarray:
+    if datatype != "UINT8":
+        raise ProtocolError(f"input {IMAGES_INPUT!r} must be UINT8, not {datatype}")
+    if len(shape) != 4 or shape[1:] != [32, 32, 3] or shape[0] < 1:
+        raise ProtocolError(f"input {IMAGES_INPUT!r} must have shape [N, 32, 32, 3] with N >= 1, not {shape}")
+    count = int(np.prod(shape))
+    if raw is not None:
+        if len(raw) != count:
+            raise ProtocolError(f"shape {shape} needs {count} bytes of UINT8 data, got {len(raw)}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+    values = json_numbers(data, count)
+    if values.min() < 0 or values.max() > 255:
+        raise ProtocolError("UINT8 data must be integers from 0 to 255")
+    return values.astype(np.uint8).reshape(shape)
+
+
+def json_numbers(data: Any, count: int) -> np.ndarray:
+    """A JSON `data` list (flat or nested, row-major) of exactly `count` integers."""
+    if not isinstance(data, list):
+        raise ProtocolError("'data' must be a list (or send the tensor as binary data)")
+    try:
+        values = np.asarray(data).reshape(-1)
+    except (ValueError, TypeError, OverflowError):
+        raise ProtocolError("'data' must be a rectangular list of integers") from None
+    if values.dtype.kind not in "iu":
+        raise ProtocolError("'data' must hold integers only")
+    if values.size != count:
+        raise ProtocolError(f"'data' has {values.size} values, the shape needs {count}")
+    return values
+
+
+def image_files(datatype: str, shape: list[int], data: Any, raw: bytes | None, max_files: int) -> list[bytes]:
+    if datatype != "BYTES":
+        raise ProtocolError(f"input {FILES_INPUT!r} must be BYTES, not {datatype}")
+    if len(shape) != 1 or not 1 <= shape[0] <= max_files:
+        raise ProtocolError(f"input {FILES_INPUT!r} must have shape [N] with 1 <= N <= {max_files}, not {shape}")
+    files = length_prefixed(raw) if raw is not None else base64_strings(data)
+    if len(files) != shape[0]:
+        raise ProtocolError(f"shape {shape} needs {shape[0]} image files, got {len(files)}")
+    return files
+
+
+def length_prefixed(raw: bytes) -> list[bytes]:
+    """Triton's binary BYTES: each element a 4-byte little-endian length, then its bytes."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError("BYTES data ends inside an element's 4-byte length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise ProtocolError(f"a BYTES element of {length} bytes runs past the end of the data")
+        items.append(raw[offset : offset + length])
+        offset += length
+    return items
+
+
+def base64_strings(data: Any) -> list[bytes]:
+    """In JSON, image files travel as base64 strings (JSON strings cannot carry raw bytes)."""
+    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+        raise ProtocolError(f"JSON data of {FILES_INPUT!r} must be a list of base64 strings (or send binary data)")
+    try:
+        return [base64.b64decode(item, validate=True) for item in data]
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"JSON data of {FILES_INPUT!r} is not valid base64") from None
+
+
+def requested_output(request: dict[str, Any]) -> RequestedOutput:
+    """The `probabilities` output as asked: plain or classification, JSON or binary."""
+    parameters = request.get("parameters") or {}
+    binary = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    outputs = request.get("outputs")
+    if outputs is None:
+        return RequestedOutput(binary=binary)
+    if not isinstance(outputs, list) or len(outputs) != 1 or not isinstance(outputs[0], dict):
+        raise ProtocolError(f"'outputs' must list one output, {OUTPUT!r}")
+    if outputs[0].get("name") != OUTPUT:
+        raise ProtocolError(f"unknown output {outputs[0].get('name')!r}: this model has {OUTPUT!r}")
+    wanted = outputs[0].get("parameters") or {}
+    if not isinstance(wanted, dict):
+        raise ProtocolError("output 'parameters' must be an object")
+    k = wanted.get("classification", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ProtocolError("'classification' must be a positive integer")
+    return RequestedOutput(classification=k, binary=bool(wanted.get("binary_data", binary)))
+
+
+def classification_strings(probabilities: np.ndarray, class_names: list[str], k: int) -> list[list[str]]:
+    """Triton's classification extension: the k best of each row as "score:index:label"."""
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[f"{row[i]:f}:{i}:{class_names[i]}" for i in indices] for row, indices in zip(probabilities, best)]
+
+
+def infer_response(
+    model: str, version: str, request: InferRequest, probabilities: np.ndarray, class_names: list[str]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers (`Inference-Header-Content-Length` for binary output)."""
+    output: dict[str, Any] = {"name": OUTPUT}
+    wanted = request.output
+    if wanted.classification:
+        k = min(wanted.classification, len(class_names))
+        strings = classification_strings(probabilities, class_names, k)
+        output.update(datatype="BYTES", shape=[len(strings), k])
+        payload = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for row in strings for s in row)
+        values: Any = [s for row in strings for s in row]
+    else:
+        array = np.ascontiguousarray(probabilities, dtype="<f4")
+        output.update(datatype="FP32", shape=list(array.shape))
+        payload, values = array.tobytes(), array.reshape(-1).tolist()
+    if wanted.binary:
+        output["parameters"] = {"binary_data_size": len(payload)}
+    else:
+        output["data"] = values
+    answer: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [output]}
+    if request.id is not None:
+        answer["id"] = request.id
+    header = json.dumps(answer).encode()
+    if not wanted.binary:
+        return header, {}
+    return header + payload, {"Inference-Header-Content-Length": str(len(header))}
