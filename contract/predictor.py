@@ -45,40 +45,65 @@ def load_network(path: Path, model_format: str) -> Any:
     return tf_keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-def compile_inference(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False) -> Predict:
-    """A traced inference function with a fixed uint8 signature: no per-call Python overhead.
+def tta_forward(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool) -> Callable[[Any], Any]:
+    """uint8 images -> probabilities, written with `keras.ops` so it runs under any Keras backend.
 
     `flip_tta` averages the image and its mirror; `translate_tta` also averages (with equal weight to
     those two) the mirrored pair shifted one pixel up-left and one down-right, as airbench evaluates.
     """
-    import tensorflow as tf
+    from keras import ops
 
     scale, offset = INPUT_SCALINGS[input_scaling]
 
-    def mirrored(x: tf.Tensor) -> tf.Tensor:
-        probabilities = tf.cast(network(x, training=False), tf.float32)
+    def mirrored(x: Any) -> Any:
+        probabilities = ops.cast(network(x, training=False), "float32")
         if flip_tta:
-            flipped = tf.cast(network(tf.reverse(x, axis=[2]), training=False), tf.float32)
+            flipped = ops.cast(network(ops.flip(x, axis=2), training=False), "float32")
             probabilities = (probabilities + flipped) / 2.0
         return probabilities
 
-    def forward(images: tf.Tensor) -> tf.Tensor:
-        x = images if input_scaling == "uint8" else tf.cast(images, tf.float32) * scale + offset
+    def forward(images: Any) -> Any:
+        x = images if input_scaling == "uint8" else ops.cast(images, "float32") * scale + offset
         probabilities = mirrored(x)
         if translate_tta:
-            padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+            padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
             shifted = (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:])) / 2.0
             probabilities = (probabilities + shifted) / 2.0
         return probabilities
 
-    traced = tf.function(
-        forward,
-        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)],
-        reduce_retracing=True,
-    )
+    return forward
+
+
+def compile_inference(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False) -> Predict:
+    """The forward pass compiled once for the running Keras backend, uint8 (n, 32, 32, 3) in: a
+    `tf.function` with a fixed signature on TensorFlow, `jax.jit` on JAX (batches padded to powers of
+    two, so a few shapes are compiled, not one per batch size)."""
+    import keras
+
+    forward = tta_forward(network, input_scaling, flip_tta, translate_tta)
+    if keras.backend.backend() == "jax":
+        return jax_predict(forward)
+    import tensorflow as tf
+
+    traced = tf.function(forward, input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)], reduce_retracing=True)
 
     def predict(images: np.ndarray) -> np.ndarray:
         return traced(tf.constant(images, dtype=tf.uint8)).numpy()
+
+    return predict
+
+
+def jax_predict(forward: Callable[[Any], Any]) -> Predict:
+    import jax
+
+    jitted = jax.jit(forward)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        count = len(images)
+        padded = 1 << max(0, count - 1).bit_length()  # the next power of two
+        if padded != count:
+            images = np.concatenate([images, np.zeros((padded - count, *images.shape[1:]), images.dtype)])
+        return np.asarray(jitted(np.asarray(images, dtype=np.uint8)))[:count]
 
     return predict
 

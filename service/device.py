@@ -1,10 +1,12 @@
-"""Which device this worker infers on: one GPU per worker with memory growth, else the CPU.
+"""Which device this worker infers on: one GPU per worker with bounded memory, else the CPU;
+under Keras' TensorFlow backend (the default) or its JAX backend (`KERAS_BACKEND=jax`).
 
-Must run before any TensorFlow op: visible devices and memory growth cannot change afterwards.
+Must run before the model loads: visible devices and memory settings cannot change afterwards.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def keras_backend() -> str:
+    """The backend Keras will use, read as Keras reads it, without importing Keras."""
+    return os.environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+
+
 def configure_device(worker_index: int | None, inference_threads: int = 1, tf: Any = None) -> Device:
+    """The worker's device for the running Keras backend."""
+    if keras_backend() == "jax" and tf is None:
+        return configure_jax_device(worker_index)
+    return configure_tensorflow_device(worker_index, inference_threads, tf)
+
+
+def configure_jax_device(worker_index: int | None) -> Device:
+    """JAX: no preallocation of most of the GPU (several workers share one), this worker's GPU the default."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        return Device("CPU", cpu_name())
+    gpu = gpus[((worker_index or 1) - 1) % len(gpus)]
+    jax.config.update("jax_default_device", gpu)
+    return Device("GPU", str(getattr(gpu, "device_kind", gpu)))
+
+
+def configure_tensorflow_device(worker_index: int | None, inference_threads: int = 1, tf: Any = None) -> Device:
     """Pin this worker to GPU (worker_index - 1) mod n with memory growth; the CPU when there is none.
 
     `worker_index` is BentoML's 1-based `server_context.worker_index`; on the CPU one model call uses

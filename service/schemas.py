@@ -64,7 +64,7 @@ class ModelMetadata(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     framework_versions: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
-    backend: str = Field("tensorflow", description="the framework that runs the model")
+    backend: str = Field("tensorflow", description="the Keras backend that runs the model: tensorflow or jax")
     device: str = Field(description="where inference runs, e.g. 'GPU: NVIDIA H100' or 'CPU: ...'")
     device_type: str = Field(description="GPU or CPU")
     batching: BatchingSettings

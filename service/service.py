@@ -24,7 +24,7 @@ from service.answers import classification, decode_upload, error_response, unava
 from service.auth import ApiKeyMiddleware
 from service.control import SharedControl, Wanted, server_folder
 from service.batching import BatcherClosed, power_of_two_sizes
-from service.device import Device, configure_device
+from service.device import Device, configure_device, keras_backend
 from service.http import LimitsMiddleware
 from service.inputs import ClassifyBatchInput, ClassifyInput
 from service.raw_body import RawBodyMiddleware
@@ -167,6 +167,7 @@ class CIFAR10Classifier:
             data=card.data.model_dump() if card.data else {},
             framework_versions=card.framework_versions,
             labels=served.predictor.labels,
+            backend=keras_backend(),
             device=str(self.device),
             device_type=self.device.type,
             batching=BatchingSettings(
