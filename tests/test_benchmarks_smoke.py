@@ -27,16 +27,18 @@ def test_serve_benchmark_smoke(cifar_model_store: ModelStore, tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = done.stdout
-    for row in ("ceiling", "naive", "service", "raw"):
+    for row in ("ceiling", "ceiling-raw", "naive", "service", "service-raw", "raw"):
         assert any(line.startswith(row + " ") for line in text.splitlines()), text
-    for label in ("service/ceiling", "service/naive", "service/raw", "p99 latency <= 50 ms", "command:", "machine:"):
+    for label in ("service/ceiling", "service/naive", "service/raw", "service-raw/service", "p99 latency <= 50 ms",
+                  "raw body >= 1.5x the multipart requests/s", "command:", "machine:"):
         assert label in text, text
 
     figures = json.loads(out.read_text())
-    for name in ("ceiling", "naive", "service"):
+    for name in ("ceiling", "ceiling-raw", "naive", "service", "service-raw"):
         result = figures["results"][name]
         assert result["requests"] > 0 and result["errors"] == 0, result
         assert result["throughput_rps"] > 0
+        assert result["body"] == ("multipart" if name in ("ceiling", "naive", "service") else "raw")
     assert figures["results"]["raw"]["images_per_s"] > 0
     assert all(value is not None and value > 0 for value in figures["ratios"].values()), figures["ratios"]
     assert figures["machine"]["cpu_count"] >= 1
