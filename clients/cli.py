@@ -34,6 +34,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="print the raw JSON")]
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="a served model's name (default: the server's first)")]
 
 
@@ -88,11 +89,11 @@ def classify(
 
 @app.command()
 def metadata(
+    model: ModelOption = None,
     url: UrlOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
     api_key: ApiKeyOption = None,
-    model: ModelOption = None,
 ) -> None:
     """Show which model the service runs, how it was trained and where it infers."""
     with _calling(url), _client(url, timeout, api_key) as client:
@@ -124,7 +125,7 @@ def metadata(
 @app.command()
 def models(
     url: UrlOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
     api_key: ApiKeyOption = None,
 ) -> None:

@@ -18,17 +18,10 @@ import numpy as np
 
 from contract.predictor import Predictor, UntrustedModel, load_predictor
 from service.batching import MicroBatcher
+from service.errors import ModelError
 
 logger = logging.getLogger("bentoml.service.cifar10")
 CLOSE_OLD_AFTER_S = 30.0  # longest drain of a replaced version's queue
-
-
-class ModelError(Exception):
-    """A model request that cannot be met (unknown, not loaded, not loadable); `status_code` says why."""
-
-    def __init__(self, message: str, status_code: int = 404) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 @dataclass

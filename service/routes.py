@@ -20,7 +20,7 @@ from starlette.routing import Route
 from contract.images import ImageError
 from service import v2
 from service.batching import BatcherClosed
-from service.registry import ModelError
+from service.errors import ModelError, ProtocolError, RequestError
 from service.ui import UI_ROUTES
 from service.v2_openapi import OPENAPI
 
@@ -103,7 +103,7 @@ async def infer(request: Request) -> Response:
         images = parsed.images if parsed.images is not None else await service.decode_files(parsed.files or [])
         served, probabilities = await service.predict(images, request.path_params["name"],
                                                       request.path_params.get("version"))
-    except (v2.ProtocolError, ModelError) as exc:
+    except RequestError as exc:
         return error(str(exc), exc.status_code)
     except ImageError as exc:
         return error(f"{v2.FILES_INPUT}: {exc}", exc.status_code)
@@ -129,9 +129,9 @@ async def load_parameters(request: Request) -> dict[str, Any]:
     try:
         parameters = json.loads(body).get("parameters") or {}
     except (ValueError, AttributeError, RecursionError):
-        raise v2.ProtocolError("the body must be empty or a JSON object with 'parameters'") from None
+        raise ProtocolError("the body must be empty or a JSON object with 'parameters'") from None
     if not isinstance(parameters, dict):
-        raise v2.ProtocolError("'parameters' must be an object")
+        raise ProtocolError("'parameters' must be an object")
     return parameters
 
 
@@ -143,12 +143,12 @@ async def load_model(request: Request) -> JSONResponse:
     try:
         parameters = await load_parameters(request)
         if "config" in parameters or any(key.startswith("file:") for key in parameters):
-            raise v2.ProtocolError("config and file overrides are not supported: store the model with train-cifar")
+            raise ProtocolError("config and file overrides are not supported: store the model with train-cifar")
         wanted = parameters.get("version")
         if wanted is not None and not isinstance(wanted, str):
-            raise v2.ProtocolError("'version' must be a string")
+            raise ProtocolError("'version' must be a string")
         served = await service.load_model(request.path_params["name"], wanted)
-    except (v2.ProtocolError, ModelError) as exc:
+    except RequestError as exc:
         return error(str(exc), exc.status_code)
     return JSONResponse({"name": served.name, "version": served.version, "state": "READY"})
 
@@ -160,7 +160,7 @@ async def unload_model(request: Request) -> JSONResponse:
     try:
         await load_parameters(request)
         await service.unload_model(request.path_params["name"])
-    except (v2.ProtocolError, ModelError) as exc:
+    except RequestError as exc:
         return error(str(exc), exc.status_code)
     return JSONResponse({"name": request.path_params["name"], "state": "UNAVAILABLE"})
 

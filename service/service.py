@@ -28,7 +28,8 @@ from service.device import Device, configure_device, keras_backend
 from service.http import LimitsMiddleware
 from service.inputs import ClassifyBatchInput, ClassifyInput
 from service.raw_body import RawBodyMiddleware
-from service.registry import ModelError, ModelRegistry, ServedModel
+from service.errors import ModelError
+from service.registry import ModelRegistry, ServedModel
 from service.routes import build_app
 from service.schemas import BatchingSettings, Classification, Limits, ModelMetadata
 from service.settings import service_settings

@@ -16,19 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import ProtocolError
+
 HEADER_LENGTH = "inference-header-content-length"
 IMAGES_INPUT = "images"  # UINT8 [N, 32, 32, 3]: decoded pixels
 FILES_INPUT = "image_files"  # BYTES [N]: encoded image files of any size and format
 OUTPUT = "probabilities"  # FP32 [N, classes]
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
-
-
-class ProtocolError(Exception):
-    """A request the protocol cannot accept; `status_code` is the HTTP answer (400 or 404)."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 @dataclass

@@ -120,6 +120,15 @@ class ModelStore:
     tag: str
     legacy_tag: str = ""  # the same model stored in the format written before the model card
 
+    def copy(self, folder: Path) -> ModelStore:
+        """The same models under another BENTOML_HOME: a new version stored there leaves `latest` here
+        alone, and a server started there cannot wipe this home's metrics (every `bentoml serve` empties
+        $BENTOML_HOME/prometheus_multiproc_dir when it starts)."""
+        import shutil
+
+        shutil.copytree(self.home / "models", folder / "models")
+        return ModelStore(home=folder, tag=self.tag, legacy_tag=self.legacy_tag)
+
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a subprocess that uses this store (bentoml reads BENTOML_HOME at import)."""
         env = {**os.environ, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true"}
@@ -173,7 +182,8 @@ def cifar_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPat
     """One live server for the session, against the tiny model."""
     log = tmp_path_factory.mktemp("server") / "serve.log"
     limits = {"CIFAR10_MAX_BODY_BYTES": str(1024 * 1024), "CIFAR10_MAX_IMAGE_PIXELS": "4000000", "CIFAR10_MAX_BATCH_FILES": "8"}
-    server = start_server(cifar_model_store, log, **limits)
+    own_home = cifar_model_store.copy(log.parent / "bentoml_home")  # its /metrics is its own
+    server = start_server(own_home, log, **limits)
     try:
         server.require_running()
         yield server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -26,9 +25,7 @@ LOAD_SECONDS = 20.0
 @pytest.fixture()
 def own_store(cifar_model_store: ModelStore, tmp_path: Path) -> ModelStore:
     """A copy of the session's store, so a new version here does not change `latest` elsewhere."""
-    home = tmp_path / "bentoml_home"
-    shutil.copytree(cifar_model_store.home / "models", home / "models")
-    return ModelStore(home=home, tag=cifar_model_store.tag, legacy_tag=cifar_model_store.legacy_tag)
+    return cifar_model_store.copy(tmp_path / "bentoml_home")
 
 
 def test_two_models_side_by_side(cifar_model_store: ModelStore, image_bytes: dict[str, bytes], tmp_path: Path) -> None:

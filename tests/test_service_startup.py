@@ -41,7 +41,8 @@ def test_bento_build_holds_model_and_dockerfile(cifar_model_store: ModelStore, t
     assert "FROM python:3.11" in dockerfile
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "tensorflow" in requirements and "pillow" in requirements
-    assert (bento / "src" / "service" / "service.py").is_file() and (bento / "src" / "training" / "store.py").is_file()
+    assert (bento / "src" / "service" / "service.py").is_file() and (bento / "src" / "contract" / "card.py").is_file()
+    assert not (bento / "src" / "training").exists()  # the service needs nothing of the training package
     assert not (bento / "src" / "clients").exists()
     assert final_user(dockerfile) not in ("root", "0")
 

@@ -16,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import MODEL_NAME, ModelStore
 from contract.card import CIFAR10_CLASSES
-from service.v2 import ProtocolError, parse_infer_request
+from service.errors import ProtocolError
+from service.v2 import parse_infer_request
 
 pytestmark = pytest.mark.timeout(300)
 
