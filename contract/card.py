@@ -87,6 +87,7 @@ class ModelCard(Strict):
     training_time_s: float | None = None
     precision_policy: str | None = None
     distribute: str | None = None
+    workers: int | None = Field(None, ge=1, description="processes that trained together: 1 unless multi-worker")
     data: DataInfo | None = None
     run_dir: str | None = None
     framework_versions: dict[str, str] = Field(default_factory=dict)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -23,6 +24,8 @@ from rich.table import Table
 from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
 from training.recipes import CNN, FAST, LOOKAHEAD, MLP
+
+from training.cluster import ClusterError, ClusterRole, read_cluster_role
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -159,8 +162,9 @@ def train_command(
     name: Annotated[str, typer.Option(help="Name in the BentoML model store.")] = DEFAULTS.name,
     output: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<name>-<model>-<optimizer>-<time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its folder's last checkpoint (its saved flags are used).")] = None,
-    distribute: Annotated[Strategy, typer.Option(help="tf.distribute strategy; multi-worker reads TF_CONFIG.")] = Strategy(DEFAULTS.distribute),
+    distribute: Annotated[Strategy, typer.Option(help="tf.distribute strategy; multi-worker reads TF_CONFIG (docs/cluster.md).")] = Strategy(DEFAULTS.distribute),
     mixed_precision: Annotated[Optional[bool], typer.Option("--mixed-precision/--no-mixed-precision", help="Mixed precision (default: on with a GPU).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode --data again, without reading or writing the decoded-data cache (~/.cache/cifar-serve, or $CIFAR_SERVE_CACHE).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also show TensorFlow's own start-up log (CUDA probe, oneDNN notes).")] = False,
 ) -> None:
     """Train (the default command)."""
@@ -171,29 +175,86 @@ def train_command(
 def run_training(params: dict[str, Any]) -> None:
     """Validate the flags, load the data once, train one model per optimizer, compare them if several."""
     base = None if params["resume"] is not None else config_from(params)  # a bad flag fails before TensorFlow loads
+    try:  # and so does a bad TF_CONFIG
+        role = cluster_role_if_asked(base.distribute) if base is not None else None
+    except ClusterError as error:
+        raise UserError(str(error)) from None
     start_tensorflow(params["verbose"])  # before any TensorFlow op, data loading included
     from training.data import DataError
+    from training.scale import leave_cluster
     from training.train import RunError
 
+    workspace = None
     try:
-        if base is None:
-            runs = [load_resumed(params["resume"])]
+        resumed = load_resumed(params["resume"]) if base is None else None
+        role = role or (cluster_role_if_asked(resumed[0].distribute) if resumed else None)
+        join_cluster_if_asked(role)
+        if role is not None and not role.is_chief:
+            workspace = worker_workspace(f"{role.task_type}{role.index}")
+        if resumed:
+            runs = [resumed if workspace is None else worker_copy(resumed, workspace)]
         else:
-            runs = plan_runs(base, list(dict.fromkeys([o.value for o in params["optimizer"] or []] or [None])))
-        dataset = load_data(runs[0][0])
+            runs = plan_runs(base, list(dict.fromkeys([o.value for o in params["optimizer"] or []] or [None])),
+                             workspace)
+        dataset = load_data(runs[0][0], cache=not params["no_cache"])
         results = [run_one(config, run_dir, dataset, base is None) for config, run_dir in runs]
-    except (DataError, RunError, UserError) as error:
+        if len(results) > 1 and workspace is None:
+            print_comparison(results, comparison_dir(runs[0][0], params["output"]))
+        leave_cluster()
+    except (DataError, RunError, UserError, ClusterError) as error:
         raise UserError(str(error)) from None
-    if len(results) > 1:
-        print_comparison(results, comparison_dir(runs[0][0], params["output"]))
+    finally:
+        if workspace is not None:
+            shutil.rmtree(workspace, ignore_errors=True)
 
 
-def load_data(config: TrainConfig) -> Any:
+def cluster_role_if_asked(distribute: str) -> ClusterRole | None:
+    """For --distribute multi-worker: this worker's role from TF_CONFIG, checked without TensorFlow."""
+    return read_cluster_role(os.environ.get("TF_CONFIG")) if distribute == "multi-worker" else None
+
+
+def join_cluster_if_asked(role: ClusterRole | None) -> None:
+    """Form the cluster now, before the data is loaded, so a missing peer ends the command in bounded time."""
+    if role is None:
+        return
+    from training.scale import join_cluster
+
+    console.print(f"joining a cluster of {role.workers} workers as {role.name} ({role.address}) ...")
+    join_cluster(role)
+    console.print("cluster formed; " + ("this worker is the chief: it writes the run folder and stores the model"
+                                        if role.is_chief else "the chief writes the run folder and stores the model, "
+                                        "this worker's own files are temporary"))
+
+
+def worker_workspace(name: str) -> Path:
+    """A temporary folder for a worker's own files (the chief writes the real ones); those that killed
+    workers left behind are removed first, as their process is gone."""
+    from training.store import process_alive
+
+    for leftover in Path(tempfile.gettempdir()).glob("train-cifar-*-*-*"):
+        pid = leftover.name.split("-")[3]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"train-cifar-{name}-{os.getpid()}-"))
+
+
+def worker_copy(resumed: tuple[TrainConfig, Path], workspace: Path) -> tuple[TrainConfig, Path]:
+    """A non-chief worker resumes from a copy of the chief's checkpoints (the run folder every worker reads at
+    the same path), so all workers start from the same state and only the chief writes to the run folder."""
+    config, run_dir = resumed
+    copy = workspace / "run"
+    copy.mkdir()
+    if (run_dir / "checkpoints").is_dir():
+        shutil.copytree(run_dir / "checkpoints", copy / "checkpoints")
+    return config, copy
+
+
+def load_data(config: TrainConfig, cache: bool = True) -> Any:
     """The run's data, said before and after: loading the full set takes a while."""
     from training.data import load_dataset
 
     console.print(f"loading CIFAR-10 from {config.data or 'the Keras download'} ...")
-    dataset = load_dataset(config.data, config.validation_split, config.seed, config.limit)
+    dataset = load_dataset(config.data, config.validation_split, config.seed, config.limit, cache=cache)
     console.print(f"{len(dataset.y_train)} training, {len(dataset.y_val)} validation, {len(dataset.y_test)} test images")
     return dataset
 
@@ -207,8 +268,13 @@ def load_resumed(run_dir: Path) -> tuple[TrainConfig, Path]:
     return load_run_config(run_dir), run_dir
 
 
-def plan_runs(base: TrainConfig, optimizers: list[str | None]) -> list[tuple[TrainConfig, Path]]:
-    """One resolved config and run folder per optimizer; everything else equal."""
+def plan_runs(base: TrainConfig, optimizers: list[str | None],
+              workspace: Path | None = None) -> list[tuple[TrainConfig, Path]]:
+    """One resolved config and run folder per optimizer; everything else equal.
+
+    A worker other than the chief writes under `workspace` (temporary), its config still naming the chief's
+    run folder (what `--resume` takes).
+    """
     from training.train import default_run_dir, prepare_run_dir
 
     runs = []
@@ -219,6 +285,8 @@ def plan_runs(base: TrainConfig, optimizers: list[str | None]) -> list[tuple[Tra
         else:
             run_dir = base.output / config.optimizer if len(optimizers) > 1 else base.output
         config = config.model_copy(update={"output": run_dir})
+        if workspace is not None:
+            run_dir = workspace / config.optimizer
         prepare_run_dir(run_dir, config)
         runs.append((config, run_dir))
     return runs
@@ -228,12 +296,18 @@ def run_one(config: TrainConfig, run_dir: Path, dataset: Any, resume: bool) -> A
     """Train one config; Ctrl-C ends with the command that resumes it."""
     from training.train import train
 
+    resume_dir = config.output or run_dir
     console.rule(f"{config.model} / {config.optimizer} -> {run_dir}")
     try:
         result = train(config, dataset, run_dir, console, resume=resume)
     except KeyboardInterrupt:
-        console.print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n  train-cifar --resume {run_dir}")
+        console.print(f"\ninterrupted; the last finished epoch is saved. Continue with:\n"
+                      f"  train-cifar --resume {resume_dir}")
         raise typer.Exit(130) from None
+    if result is None:
+        console.print(f"{config.model}/{config.optimizer}: this worker's share of the training is done; the chief "
+                      f"evaluates and stores the model (run folder {resume_dir})")
+        return None
     m = result.metrics
     console.print(
         f"[bold]{config.model}/{config.optimizer}[/]: train accuracy {m['train_accuracy']:.2%}, "

@@ -47,9 +47,14 @@ class RawSplits:
     class_names: list[str]
 
 
-def load_dataset(source: str | None, validation_split: float, seed: int, limit: int | None = None) -> Dataset:
-    """Read a source, take a stratified subset if asked, and split off a shuffled stratified validation set."""
-    raw = read_source(source)
+def load_dataset(source: str | None, validation_split: float, seed: int, limit: int | None = None,
+                 cache: bool = False) -> Dataset:
+    """Read a source, take a stratified subset if asked, and split off a shuffled stratified validation set.
+
+    With `cache` (train-cifar's default), the decoded arrays of an archive or folder are kept on disk
+    (training/cache.py), so the next run on the same content skips decoding; subset and split are drawn afresh.
+    """
+    raw = read_source(source, cache)
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if limit is not None:
@@ -91,17 +96,22 @@ def stratified_take(labels: np.ndarray, count: int, rng: np.random.Generator) ->
     return np.sort(keep)
 
 
-def read_source(source: str | None) -> RawSplits:
+def read_source(source: str | None, cache: bool = False) -> RawSplits:
+    """The full train and test arrays of a source; archives and folders through the decoded-data cache if asked
+    (the Keras download keeps its own cache)."""
     if source is None:
         return read_keras_download()
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data path not found: {path}")
-    if path.is_file():
-        if not path.name.endswith(ARCHIVE_SUFFIXES):
-            raise DataError(f"unknown data layout: {path} is neither a folder nor a .tar.gz archive")
-        return read_archive(path)
-    return read_folder(path)
+    if path.is_file() and not path.name.endswith(ARCHIVE_SUFFIXES):
+        raise DataError(f"unknown data layout: {path} is neither a folder nor a .tar.gz archive")
+    read = read_archive if path.is_file() else read_folder
+    if not cache:
+        return read(path)
+    from training import cache as decoded_cache
+
+    return decoded_cache.cached(path, read)
 
 
 def read_keras_download() -> RawSplits:

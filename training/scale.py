@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from training import cpu_kernels
+from training.cluster import ClusterError, ClusterRole, cluster_timeout_s, formation_guard, read_cluster_role, wait_for_peers
 from training.config import Distribute
 
 # For tests and CPU experiments: split the CPU into this many logical devices (a stand-in for GPUs).
@@ -60,7 +62,82 @@ def build_strategy(kind: Distribute, devices: tuple[str, ...]) -> tf.distribute.
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=list(devices))
     if kind == "multi-worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--distribute multi-worker needs the TF_CONFIG environment variable of each worker")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return join_cluster(read_cluster_role(os.environ.get("TF_CONFIG")))
     return tf.distribute.get_strategy()
+
+
+# --- multi-worker: TF_CONFIG, forming the cluster in bounded time, Keras 3 on MultiWorkerMirroredStrategy ---
+
+# Seconds every worker waits for the whole cluster to form before it gives up with a one-line error.
+# The dtypes TensorFlow's collective all-reduce accepts; others are widened for the reduction.
+COLLECTIVE_DTYPES = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
+
+
+class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` takes what Keras 3 gives it.
+
+    Keras 3's TensorFlow trainer reduces a whole (images, labels) batch with `strategy.reduce("MEAN", batch,
+    axis=None)` to build the model, and each scalar metric with `axis=0`. MirroredStrategy accepts both;
+    MultiWorkerMirroredStrategy hands the tuple to its collective all-reduce, which fails with "Attempt to
+    convert a value (PerReplica...) with an unsupported type", and would then fail on uint8 images (not a
+    collective dtype) and on axis 0 of a scalar. Here a nest is reduced leaf by leaf, other dtypes are
+    widened for the reduction, and a scalar has no axis to reduce along.
+    """
+
+    def reduce(self, reduce_op: Any, value: Any, axis: int | None) -> Any:
+        """`Strategy.reduce`, also for the nests, dtypes and scalars that Keras 3 passes (see the class)."""
+        if tf.nest.is_nested(value) and not isinstance(value, tf.distribute.DistributedValues):
+            return tf.nest.map_structure(lambda leaf: self.reduce(reduce_op, leaf, axis), value)
+        local = self.experimental_local_results(value)[0]
+        if not isinstance(local, (tf.Tensor, tf.Variable)):
+            return super().reduce(reduce_op, value, axis)
+        if axis is not None and local.shape.rank == 0:
+            axis = None
+        if local.dtype in COLLECTIVE_DTYPES:
+            return super().reduce(reduce_op, value, axis)
+        wide = tf.float32 if local.dtype.is_floating else tf.int64
+        return tf.cast(super().reduce(reduce_op, self.widen(value, wide), axis), local.dtype)
+
+    @functools.cached_property
+    def widen(self) -> Any:
+        """Cast every replica's value (one traced function for all calls: Keras reduces a batch every epoch)."""
+        return tf.function(lambda value, dtype: self.run(tf.cast, args=(value, dtype)), reduce_retracing=True)
+
+
+_cluster: tuple[ClusterRole, KerasMultiWorkerStrategy] | None = None
+
+
+def join_cluster(role: ClusterRole) -> KerasMultiWorkerStrategy:
+    """Form the cluster (once per process) in bounded time: every peer must answer within the timeout, or
+    this worker ends with a one-line error (exit code 2) instead of waiting forever inside TensorFlow."""
+    global _cluster
+    if _cluster is not None:
+        return _cluster[1]
+    timeout_s = cluster_timeout_s()
+    wait_for_peers(role, timeout_s)
+    try:
+        with formation_guard(role, timeout_s):
+            strategy = KerasMultiWorkerStrategy()
+    except (tf.errors.OpError, RuntimeError, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterError(f"the cluster of {role.workers} workers did not form: {first_line}") from None
+    _cluster = (role, strategy)
+    return strategy
+
+
+def cluster_role() -> ClusterRole | None:
+    """This process's role once it has joined a cluster; None otherwise."""
+    return _cluster[0] if _cluster is not None else None
+
+
+def leave_cluster() -> None:
+    """A last all-reduce as a barrier: no worker exits while another still needs it, so a worker that
+    finished early is not taken for a crashed one (TensorFlow aborts the others' collectives then)."""
+    if _cluster is None:
+        return
+    try:
+        _cluster[1].reduce("SUM", tf.constant(1.0), axis=None)
+    except tf.errors.OpError as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterError(f"another worker of the cluster ended with an error ({first_line}); see its output") \
+            from None

@@ -1,9 +1,11 @@
-"""One training run as named steps: runtime -> build or resume -> fit -> evaluate -> write outputs -> store."""
+"""One training run as named steps: runtime -> build or resume -> fit -> save -> evaluate -> write outputs -> store
+(in a multi-worker cluster, the last three on the chief only)."""
 
 from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -54,14 +56,22 @@ class Run:
     def steps_per_epoch(self) -> int:
         return int(np.ceil(len(self.data.x_train) / self.config.batch_size))
 
+    @property
+    def resume_dir(self) -> Path:
+        """The folder `--resume` takes: the chief's run folder, also on a worker that writes elsewhere."""
+        return self.config.output or self.run_dir
+
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the run computes: the devices it uses, its precision policy and tf.distribute strategy."""
+    """Where the run computes: the devices it uses, its precision policy and tf.distribute strategy, the
+    processes that train together (1 unless multi-worker) and whether this one writes the outputs."""
 
     devices: tuple[str, ...]
     policy: str
     strategy: tf.distribute.Strategy
+    workers: int = 1
+    chief: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,12 +109,20 @@ class RunResult:
     training_time_s: float
 
 
-def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console, resume: bool = False) -> RunResult:
-    """Train one resolved config on loaded data and store the model; each step is a function below."""
+def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console,
+          resume: bool = False) -> RunResult | None:
+    """Train one resolved config on loaded data and store the model; each step is a function below.
+
+    In a multi-worker cluster every worker trains and saves (the others into their temporary folder), and
+    only the chief evaluates, writes the report and stores the model; the others return None.
+    """
     run = Run(config, data, run_dir, console)
     runtime = set_up_runtime(run)
     state = read_resume(run) if resume else None
     fitted = fit(run, build_or_resume(run, runtime, state), state)
+    save_final_model(run, fitted)
+    if not runtime.chief:
+        return None
     evaluation = evaluate(run, fitted)
     write_outputs(run, fitted, evaluation, runtime)
     tag = store_model(run, fitted, evaluation, runtime)
@@ -164,6 +182,9 @@ def set_up_runtime(run: Run) -> Runtime:
                           "is emulated and training runs many times slower: drop --mixed-precision[/]")
     strategy = scale.build_strategy(config.distribute, devices)
     keras.utils.set_random_seed(config.seed)
+    role = scale.cluster_role() if config.distribute == "multi-worker" else None
+    if role is not None:
+        return Runtime(tuple(strategy.extended.worker_devices), policy, strategy, role.workers, role.is_chief)
     return Runtime(devices if config.distribute != "none" else devices[:1], policy, strategy)
 
 
@@ -196,11 +217,18 @@ def build_or_resume(run: Run, runtime: Runtime, state: dict[str, Any] | None) ->
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
-    """Batched one-hot pairs (label smoothing needs them), reshuffled every epoch when a seed is given."""
+    """Batched one-hot pairs (label smoothing needs them), reshuffled every epoch when a seed is given.
+
+    `batch_size` is the global batch: under a strategy each replica (every worker's every device) trains its
+    share of each batch. In-memory arrays have no files to split between workers, so sharding is by data:
+    every worker builds the same seeded order and keeps its part of each batch.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, num_classes)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def fit(run: Run, model: keras.Model, state: dict[str, Any] | None) -> Fitted:
@@ -226,9 +254,14 @@ def fit(run: Run, model: keras.Model, state: dict[str, Any] | None) -> Fitted:
     return Fitted(model, checkpoint.history, previous_time + time.perf_counter() - started)
 
 
+# What a collective op raises when a peer of a multi-worker cluster is gone (TensorFlow aborts them then).
+LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+                    tf.errors.CancelledError)
+
+
 def fit_or_explain(run: Run, model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset | None,
                    initial_epoch: int, callbacks: list[keras.callbacks.Callback]) -> None:
-    """`model.fit`; a full disk or a lost permission becomes a RunError that says how to resume."""
+    """`model.fit`; a full disk, a lost permission or a lost peer becomes a RunError that says how to resume."""
     try:
         model.fit(train_data, validation_data=val_data, epochs=run.config.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=0)
@@ -237,8 +270,22 @@ def fit_or_explain(run: Run, model: keras.Model, train_data: tf.data.Dataset, va
             raise
         raise RunError(
             f"cannot write the run's files ({error.strerror}); the last finished epoch is kept: "
-            f"free space or fix permissions, then: train-cifar --resume {run.run_dir}"
+            f"free space or fix permissions, then: train-cifar --resume {run.resume_dir}"
         ) from None
+    except LOST_PEER_ERRORS as error:
+        if scale.cluster_role() is None:
+            raise
+        reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", (str(error).strip().splitlines() or [""])[0]).rstrip(": ")
+        raise RunError(
+            f"lost a worker of the cluster ({reason or type(error).__name__}); the chief keeps the last finished "
+            f"epoch: start every worker again with: train-cifar --resume {run.resume_dir}"
+        ) from None
+
+
+def save_final_model(run: Run, fitted: Fitted) -> None:
+    """The finished model as model.keras, on every worker of a cluster (the others into their temporary
+    folder): TensorFlow's rule for multi-worker saving, and harmless where saving needs no peer."""
+    fitted.model.save(run.run_dir / MODEL_FILE)
 
 
 def evaluate(run: Run, fitted: Fitted) -> Evaluation:
@@ -266,7 +313,7 @@ def evaluate(run: Run, fitted: Fitted) -> Evaluation:
 
 
 def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> None:
-    """Plots, report.json, history.json and the final model: the run folder a person reads afterwards."""
+    """Plots, report.json and history.json (beside the final model): the run folder a person reads afterwards."""
     config, data, run_dir = run.config, run.data, run.run_dir
     title = f"{config.model} / {config.optimizer}: test accuracy {evaluation.metrics['test_accuracy']:.2%}"
     report.plot_curves(fitted.history, run_dir / PLOT_FILES[0], title)
@@ -281,11 +328,11 @@ def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Run
         "training_time_s": fitted.training_time_s,
         "precision_policy": runtime.policy,
         "devices": list(runtime.devices),
+        "workers": runtime.workers,
         "data": {"source": data.source, **data.sizes()},
     }
     (run_dir / REPORT_FILE).write_text(json.dumps(full_report, indent=2))
     (run_dir / HISTORY_FILE).write_text(json.dumps(fitted.history, indent=2))
-    fitted.model.save(run_dir / MODEL_FILE)
 
 
 def store_model(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> str:
@@ -315,6 +362,7 @@ def model_card(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtim
         training_time_s=round(fitted.training_time_s, 2),
         precision_policy=runtime.policy,
         distribute=config.distribute,
+        workers=runtime.workers,
         data=DataInfo(source=data.source, **data.sizes()),
         run_dir=str(run.run_dir.resolve()),
     )
