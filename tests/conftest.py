@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# train-cifar caches decoded data sets; the tests' runs go to a folder of their own, not the user's cache
+os.environ["CIFAR_SERVE_CACHE"] = tempfile.mkdtemp(prefix="cifar-serve-test-cache-")
 if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is not installed: import it from the checkout
     sys.path.insert(0, str(PROJECT_ROOT))
 

@@ -17,7 +17,7 @@ def test_serve_benchmark_smoke(cifar_model_store: ModelStore, tmp_path: Path) ->
     out = tmp_path / "serve.json"
     cmd = [
         sys.executable, str(SCRIPT), "--model", cifar_model_store.tag,
-        "--concurrency", "2", "--duration", "2", "--warmup", "0.5", "--naive-duration", "1",
+        "--concurrency", "2", "--duration", "1", "--warmup", "0.2", "--naive-duration", "1",
         "--raw-batch", "64", "--raw-seconds", "0.5", "--num-images", "20", "--json", str(out),
     ]
     if IMAGES.exists():

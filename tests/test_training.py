@@ -424,7 +424,7 @@ def legacy_model_script(kind: str, path: Path) -> str:
     )
 
 
-@pytest.mark.parametrize("kind", ["h5", "savedmodel", "keras"])
+@pytest.mark.parametrize("kind", ["savedmodel", "keras"])  # h5: tests/test_model_safety.py converts one
 def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store_env: dict[str, str]) -> None:
     if kind == "keras":
         path = tmp_path / "mine.keras"
