@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -167,15 +166,4 @@ def test_the_cache_folder_follows_the_usual_variables(tmp_path: Path, monkeypatc
     assert cache.cache_dir() == tmp_path / "mine"
 
 
-def test_train_cifar_caches_by_default_and_no_cache_writes_nothing(tmp_path: Path) -> None:
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "CIFAR_SERVE_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    args = ["--data", str(TREE_ARCHIVE), "--model", "mlp", "--epochs", "1", "--batch-size", "16"]
-    result = subprocess.run([*TRAIN_CIFAR, *args, "--no-cache", "--output", str(tmp_path / "a")], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not (tmp_path / "cache").exists()
-    result = subprocess.run([*TRAIN_CIFAR, *args, "--output", str(tmp_path / "b")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((tmp_path / "cache").glob("decoded-*.npz"))) == 1
+# train-cifar's default caching and --no-cache: tests/test_training.py, in runs it makes anyway.

@@ -102,33 +102,6 @@ def worker_folders(pid: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"train-cifar-worker*-{pid}-*"))
 
 
-def test_two_workers_train_one_stored_model(tmp_path: Path, env: dict[str, str]) -> None:
-    run = tmp_path / "run"
-    workers = start_workers(["--data", str(TREE_ARCHIVE), "--epochs", "2", "--batch-size", "16",
-                             "--distribute", "multi-worker", "--output", str(run)], env)
-    (chief_rc, chief_out, chief_err), (other_rc, other_out, other_err) = finish(workers)
-    assert chief_rc == 0, chief_err[-3000:]
-    assert other_rc == 0, other_err[-3000:]
-    assert "Traceback" not in chief_err + other_err
-    # synchronous training: both workers saw the same (all-reduced) numbers every epoch
-    assert EPOCH_LINE.findall(chief_out)[-1].split(", elapsed_s")[0] == \
-        EPOCH_LINE.findall(other_out)[-1].split(", elapsed_s")[0]
-    assert len(EPOCH_LINE.findall(chief_out)) == 2
-    assert "saved to the model store as" in chief_out and "saved to the model store" not in other_out
-
-    models = bentoml("list", env=env)
-    assert isinstance(models, list) and len(models) == 1, models
-    card = bentoml("get", models[0]["tag"], env=env)["metadata"]  # type: ignore[index]
-    assert card["distribute"] == "multi-worker" and card["workers"] == 2
-    assert card["metrics"]["epochs_run"] == 2 and card["run_dir"] == str(run.resolve())
-    report = json.loads((run / "report.json").read_text())
-    assert report["workers"] == 2 and report["devices"][0].startswith("/job:worker/replica:0/task:0/")
-    assert (run / "model.keras").exists() and (run / "checkpoints" / "checkpoint.keras").exists()
-    assert any((run / "tensorboard").rglob("*.v2"))
-    # the other worker wrote only to its temporary folder, and removed it
-    assert not worker_folders(workers[1].pid)
-
-
 SHARD_PROBE = """
 import json, os
 import numpy as np
@@ -170,6 +143,7 @@ def wait_for_state(state_file: Path, workers: list[subprocess.Popen[str]], timeo
 
 
 def test_a_killed_cluster_resumes_from_the_chiefs_checkpoint(tmp_path: Path, env: dict[str, str]) -> None:
+    """Two workers on loopback train, are killed, resume, and store one model that records the cluster."""
     run = tmp_path / "run"
     workers = start_workers(["--data", str(TREE_ARCHIVE), "--epochs", "4", "--batch-size", "4",
                              "--early-stopping-patience", "0", "--distribute", "multi-worker", "--output", str(run)],
@@ -182,18 +156,29 @@ def test_a_killed_cluster_resumes_from_the_chiefs_checkpoint(tmp_path: Path, env
     assert done < 3, "the run finished before it was killed"
     assert not bentoml("list", env=env)
 
-    (chief_rc, chief_out, chief_err), (other_rc, other_out, other_err) = finish(
-        start_workers(["--resume", str(run)], env))
+    resumed = start_workers(["--resume", str(run)], env)
+    (chief_rc, chief_out, chief_err), (other_rc, other_out, other_err) = finish(resumed)
     assert chief_rc == 0, chief_err[-3000:]
     assert other_rc == 0, other_err[-3000:]
+    assert "Traceback" not in chief_err + other_err
     for output in (chief_out, other_out):
         assert f"epoch {done + 2}/4" in output and "epoch 1/4:" not in output
+    # synchronous training: both workers saw the same (all-reduced) numbers every epoch
     assert EPOCH_LINE.findall(chief_out)[-1].split(", elapsed_s")[0] == \
         EPOCH_LINE.findall(other_out)[-1].split(", elapsed_s")[0]
+    assert "saved to the model store as" in chief_out and "saved to the model store" not in other_out
+
     models = bentoml("list", env=env)
-    assert isinstance(models, list) and len(models) == 1
+    assert isinstance(models, list) and len(models) == 1, models  # two processes, one stored model
     card = bentoml("get", models[0]["tag"], env=env)["metadata"]  # type: ignore[index]
-    assert card["metrics"]["epochs_run"] == 4 and card["workers"] == 2
+    assert card["distribute"] == "multi-worker" and card["workers"] == 2
+    assert card["metrics"]["epochs_run"] == 4 and card["run_dir"] == str(run.resolve())
+    report = json.loads((run / "report.json").read_text())
+    assert report["workers"] == 2 and report["devices"][0].startswith("/job:worker/replica:0/task:0/")
+    assert (run / "model.keras").exists() and (run / "checkpoints" / "checkpoint.keras").exists()
+    assert any((run / "tensorboard").rglob("*.v2"))
+    # the other worker wrote only to its temporary folder, and removed it
+    assert not worker_folders(resumed[1].pid)
 
 
 # --- bad clusters: one line, exit code 2, bounded time ---------------------------------------------------

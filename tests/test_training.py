@@ -185,9 +185,12 @@ def test_the_recipe_is_the_single_source_of_its_numbers(tmp_path: Path, monkeypa
 
 def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, store_env: dict[str, str]) -> None:
     run = tmp_path / "run"
-    result = train_cifar("--data", str(OFFICIAL), *QUICK, "--output", str(run), "--seed", "7", env=store_env)
+    cache = tmp_path / "cache"
+    result = train_cifar("--data", str(OFFICIAL), *QUICK, "--output", str(run), "--seed", "7", "--no-cache",
+                         env={**store_env, "CIFAR_SERVE_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout and "545,098 parameters" in result.stdout
+    assert not cache.exists()  # --no-cache writes nothing
     report = json.loads((run / "report.json").read_text())
     printed_time = re.search(r"1 epochs in (\d+) s", result.stdout)
     assert printed_time and int(printed_time[1]) == round(report["training_time_s"]), result.stdout
@@ -219,14 +222,14 @@ def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: d
     out = tmp_path / "compare"
     result = train_cifar(
         "--data", str(TREE), "--model", "mlp", *QUICK, "--optimizer", "adam", "--optimizer", "sgd",
-        "--optimizer", "rmsprop", "--optimizer", "adamw", "--output", str(out), env=store_env, timeout=600,
+        "--optimizer", "adamw", "--output", str(out), env=store_env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "optimizer comparison" in result.stdout
     rows = json.loads((out / "comparison.json").read_text())
-    assert [row["optimizer"] for row in rows] == ["adam", "sgd", "rmsprop", "adamw"]
+    assert [row["optimizer"] for row in rows] == ["adam", "sgd", "adamw"]
     assert (out / "comparison.png").stat().st_size > 10_000
-    assert len(stored_models(store_env)) == 4
+    assert len(stored_models(store_env)) == 3
     for row in rows:
         assert stored_model(row["tag"], store_env)["labels"]["optimizer"] == row["optimizer"]
     configs = [json.loads((out / o / "config.json").read_text()) for o in ("adam", "sgd")]
@@ -320,7 +323,7 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str, store_en
 
 def test_a_first_run_starts_with_our_own_line_not_tensorflow_noise(tmp_path: Path, store_env: dict[str, str]) -> None:
     env = {key: value for key, value in store_env.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    env["PYTHONUNBUFFERED"] = "1"
+    env.update(PYTHONUNBUFFERED="1", CIFAR_SERVE_CACHE=str(tmp_path / "cache"))
     args = [*TRAIN_CIFAR, "--data", str(TREE_ARCHIVE), "--epochs", "1", "--output", str(tmp_path / "run")]
     result = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=300)
@@ -328,6 +331,8 @@ def test_a_first_run_starts_with_our_own_line_not_tensorflow_noise(tmp_path: Pat
     lines = result.stdout.splitlines()
     assert lines[0] == f"loading CIFAR-10 from {TREE_ARCHIVE} ...", lines[:5]
     assert not [line for line in lines if "absl::InitializeLog" in line or "cuInit" in line or "cudart" in line]
+    # train-cifar caches the decoded data by default (tests/test_data_cache.py tests the cache itself)
+    assert len(list((tmp_path / "cache").glob("decoded-*.npz"))) == 1
 
 
 def test_start_up_filter_drops_tensorflow_chatter_and_keeps_everything_else(capfd: pytest.CaptureFixture[str]) -> None:
@@ -424,7 +429,7 @@ def legacy_model_script(kind: str, path: Path) -> str:
     )
 
 
-@pytest.mark.parametrize("kind", ["savedmodel", "keras"])  # h5: tests/test_model_safety.py converts one
+@pytest.mark.parametrize("kind", ["keras"])  # legacy h5 and SavedModel imports: tests/test_model_safety.py
 def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store_env: dict[str, str]) -> None:
     if kind == "keras":
         path = tmp_path / "mine.keras"
