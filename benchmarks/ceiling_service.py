@@ -9,7 +9,6 @@ service could reach on this machine with a free model.
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 from contract.card import CIFAR10_CLASSES
-from contract.images import ImageError, decode_image
-from service.answers import classification, decode_upload, error_response
+from contract.images import ImageError
+from service.answers import classification, decode_bytes, decode_upload, error_response
 from service.inputs import ClassifyInput
 from service.schemas import Classification
 from service.service import SETTINGS, CIFAR10Classifier
@@ -46,9 +45,8 @@ class CeilingClassifier:
 
     async def classify_bytes(self, data: bytes, top_k: int, model: str | None) -> Any:
         """The raw-body path (`service.raw_body`, among the middleware copied below), without a model."""
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.decode_pool, decode_image, data, SETTINGS.max_image_pixels)
+            await decode_bytes(self.decode_pool, data, SETTINGS.max_image_pixels)
         except ImageError as exc:
             return error_response(exc)
         answer = classification(FIXED_PROBABILITIES, CIFAR10_CLASSES, top_k, SETTINGS.model_tag)

@@ -27,6 +27,8 @@ class Predictor:
     card: ModelCard
     labels: dict[str, str]
     predict: Predict
+    path: Path  # the store entry's folder (the model file, the plots)
+    creation_time: Any = None
 
     @property
     def class_names(self) -> list[str]:
@@ -137,4 +139,5 @@ def load_predictor(tag: str, trust_model_code: bool = False) -> Predictor:
     check_trust(str(ref.tag), card, trust_model_code)
     network = load_network(Path(ref.path) / card.model_file, card.format)
     predict = compile_inference(network, card.input_scaling, card.flip_tta, card.translate_tta)
-    return Predictor(tag=str(ref.tag), card=card, labels=dict(ref.info.labels), predict=predict)
+    return Predictor(tag=str(ref.tag), card=card, labels=dict(ref.info.labels), predict=predict,
+                     path=Path(ref.path), creation_time=ref.info.creation_time)

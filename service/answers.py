@@ -38,6 +38,11 @@ async def decode_upload(pool: Executor, path: Path, max_pixels: int) -> np.ndarr
     return await asyncio.get_running_loop().run_in_executor(pool, read_and_decode, path, max_pixels)
 
 
+async def decode_bytes(pool: Executor, data: bytes, max_pixels: int) -> np.ndarray:
+    """`decode_upload` for bytes already in memory (the raw-body and v2 paths)."""
+    return await asyncio.get_running_loop().run_in_executor(pool, decode_image, data, max_pixels)
+
+
 def classification(probabilities: np.ndarray, class_names: list[str], top_k: int, model: str) -> Classification:
     """The best class, its probability and the k best, renormalised in float64 so they sum to 1."""
     p = probabilities.astype(np.float64)

@@ -28,7 +28,10 @@ CLOSE_OLD_AFTER_S = 30.0  # longest drain of a replaced version's queue
 class ServedModel:
     predictor: Predictor
     batcher: MicroBatcher
-    creation_time: Any
+
+    @property
+    def creation_time(self) -> Any:
+        return self.predictor.creation_time
 
     @property
     def tag(self) -> str:
@@ -63,13 +66,11 @@ class ModelRegistry:
 
     def load(self, tag: str) -> ServedModel:
         """Load a store entry, trace and warm it at every batch size, give it a batcher (blocking)."""
-        import bentoml
-
         predictor = load_predictor(tag, self.trust_model_code)
         for size in range(1, self.max_batch_size + 1):  # no real request pays for tracing
             predictor.predict(np.zeros((size, 32, 32, 3), dtype=np.uint8))
         batcher = MicroBatcher(predictor.predict, self.max_batch_size, self.max_latency_ms, self.observe_batch)
-        return ServedModel(predictor, batcher, bentoml.models.get(predictor.tag).info.creation_time)
+        return ServedModel(predictor, batcher)
 
     def add(self, served: ServedModel) -> None:
         self.models[served.name] = served

@@ -174,8 +174,7 @@ async def plot(request: Request) -> Response:
     name = request.path_params["plot"]
     if name not in served.predictor.card.plots:  # only listed files: no path from the URL reaches the disk
         return error(f"model {served.tag} has no plot {name!r}; it has {served.predictor.card.plots}", 404)
-    path = bentoml.models.get(served.tag).path_of(name)
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+    return FileResponse(served.predictor.path / name, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
 async def openapi(_: Request) -> JSONResponse:

@@ -18,9 +18,9 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
-from contract.images import ImageError, decode_image
+from contract.images import ImageError
 from contract.predictor import UntrustedModel, check_trust, read_card
-from service.answers import classification, decode_upload, error_response, unavailable
+from service.answers import classification, decode_bytes, decode_upload, error_response, unavailable
 from service.auth import ApiKeyMiddleware
 from service.control import SharedControl, Wanted, server_folder
 from service.batching import BatcherClosed, power_of_two_sizes
@@ -180,19 +180,16 @@ class CIFAR10Classifier:
             limits=Limits(max_body_bytes=SETTINGS.max_body_bytes, max_image_pixels=SETTINGS.max_image_pixels),
         )
 
-    async def decode_bytes(self, data: bytes) -> np.ndarray:
-        """Pillow work runs in the thread pool: the event loop must stay free for other requests."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decode_pool, decode_image, data, SETTINGS.max_image_pixels)
-
     async def decode_files(self, files: list[bytes]) -> np.ndarray:
         """Encoded images -> one uint8 batch; the first bad file raises."""
-        return np.stack(await asyncio.gather(*(self.decode_bytes(data) for data in files)))
+        return np.stack(await asyncio.gather(
+            *(decode_bytes(self.decode_pool, data, SETTINGS.max_image_pixels) for data in files)
+        ))
 
     async def classify_bytes(self, data: bytes, top_k: int, model: str | None) -> Any:
         """/classify with the image as the raw body (`service.raw_body`): decoded in memory, same answers."""
         try:
-            array = await self.decode_bytes(data)
+            array = await decode_bytes(self.decode_pool, data, SETTINGS.max_image_pixels)
         except ImageError as exc:
             return error_response(exc)
         answer = await self._answer(array[None], top_k, model)
