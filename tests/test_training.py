@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training import cpu_info
 from training.data import DataError, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +217,8 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     assert report["metrics"]["test_accuracy"] == pytest.approx(correct / 50)
     history = (run / "history.csv").read_text().splitlines()
     assert "learning_rate" in history[0] and len(history) == 2
+    assert report["cpu"] == cpu_info.describe_cpu()
+    assert report["cpu_speedups"] == list(cpu_info.chosen_speedups("cnn"))  # what measured faster here for cnn
 
 
 def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: dict[str, str]) -> None:
@@ -319,6 +322,13 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str, store_en
     lines = [line for line in result.stderr.splitlines() if line.startswith("train-cifar: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_cpu_speedup_exits_2_before_tensorflow_loads(store_env: dict[str, str]) -> None:
+    result = train_cifar("--epochs", "1", env={**store_env, "CIFAR_SERVE_CPU_SPEEDUPS": "turbo"})
+    assert result.returncode == 2
+    assert "train-cifar: error: CIFAR_SERVE_CPU_SPEEDUPS='turbo': unknown speed-up 'turbo'" in result.stderr
+    assert "Traceback" not in result.stderr and "tensorflow" not in result.stderr.lower()
 
 
 def test_a_first_run_starts_with_our_own_line_not_tensorflow_noise(tmp_path: Path, store_env: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
 from training.recipes import CNN, FAST, LOOKAHEAD, MLP
 
+from training import cpu_info
 from training.cluster import ClusterError, ClusterRole, read_cluster_role
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -114,12 +115,14 @@ def filtered_stderr(noise: Callable[[str], bool]) -> Iterator[None]:
             sys.stderr.flush()
 
 
-def start_tensorflow(verbose: bool) -> tuple[str, ...]:
-    """Import TensorFlow and probe its devices before any op; their C++ start-up log (CUDA probe, oneDNN
-    notes), written before any Python setting applies, is filtered out of stderr unless --verbose."""
+def start_tensorflow(verbose: bool, recipe: str | None = None) -> tuple[str, ...]:
+    """Import TensorFlow, turn on the CPU speed-ups for the recipe to train (none without one) and probe
+    the devices, before any op; TensorFlow's C++ start-up log (CUDA probe, oneDNN notes), written before any
+    Python setting applies, is filtered out of stderr unless --verbose."""
     with contextlib.nullcontext() if verbose else filtered_stderr(is_tensorflow_noise):
-        from training.scale import configure_devices
+        from training.scale import configure_devices, use_cpu_speedups
 
+        use_cpu_speedups(recipe)
         return configure_devices()
 
 
@@ -179,7 +182,12 @@ def run_training(params: dict[str, Any]) -> None:
         role = cluster_role_if_asked(base.distribute) if base is not None else None
     except ClusterError as error:
         raise UserError(str(error)) from None
-    start_tensorflow(params["verbose"])  # before any TensorFlow op, data loading included
+    recipe = base.model if base is not None else recipe_of_run(params["resume"])
+    try:
+        cpu_info.chosen_speedups(recipe)  # a bad $CIFAR_SERVE_CPU_SPEEDUPS too
+    except cpu_info.SpeedupError as error:
+        raise UserError(str(error)) from None
+    start_tensorflow(params["verbose"], recipe)  # before any TensorFlow op, data loading included
     from training.data import DataError
     from training.scale import leave_cluster
     from training.train import RunError
@@ -206,6 +214,15 @@ def run_training(params: dict[str, Any]) -> None:
     finally:
         if workspace is not None:
             shutil.rmtree(workspace, ignore_errors=True)
+
+
+def recipe_of_run(run_dir: Path) -> str | None:
+    """The `--model` a run folder to resume was started with, read before TensorFlow loads; None where it
+    cannot be read (resuming then fails with its own message)."""
+    try:
+        return TrainConfig.model_validate_json((run_dir / "config.json").read_text()).model
+    except (OSError, ValidationError):
+        return None
 
 
 def cluster_role_if_asked(distribute: str) -> ClusterRole | None:

@@ -110,15 +110,15 @@ def whitening_filters(images: np.ndarray, whitening: Whitening) -> np.ndarray:
 
 
 def conv_pool_block(x: keras.KerasTensor, filters: int, recipe: FastRecipe) -> keras.KerasTensor:
-    """airbench's block: conv, pool, BN (frozen scale), GELU, conv, BN, GELU."""
+    """airbench's block: conv, pool, BN (frozen scale), activation, conv, BN, activation."""
     l2, bn = recipe.training.l2, recipe.batchnorm
     x = conv(filters, recipe.kernel_size, l2, use_bias=False)(x)
     x = layers.MaxPooling2D()(x)
     x = layers.BatchNormalization(scale=False, momentum=bn.momentum, epsilon=bn.epsilon)(x)
-    x = layers.Activation("gelu")(x)
+    x = layers.Activation(recipe.activation)(x)
     x = conv(filters, recipe.kernel_size, l2, use_bias=False)(x)
     x = layers.BatchNormalization(scale=False, momentum=bn.momentum, epsilon=bn.epsilon)(x)
-    return layers.Activation("gelu")(x)
+    return layers.Activation(recipe.activation)(x)
 
 
 def dirac_init(conv: layers.Conv2D) -> None:
@@ -146,7 +146,7 @@ def build_fast(recipe: FastRecipe, whitening: np.ndarray | None, num_classes: in
     x = whiten(x)
     if whitening is not None:
         whiten.set_weights([whitening, np.zeros(width, np.float32)])
-    x = layers.Activation("gelu")(x)
+    x = layers.Activation(recipe.activation)(x)
     for filters in recipe.widths:
         x = conv_pool_block(x, filters, recipe)
     x = layers.GlobalMaxPooling2D()(x)

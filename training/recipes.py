@@ -153,6 +153,7 @@ class FastRecipe(Recipe):
     whitening: Whitening
     temperature: float
     dirac_init: bool
+    activation: Literal["gelu", "relu"]
 
 
 CNN = CnnRecipe(
@@ -197,6 +198,9 @@ FAST = FastRecipe(
     whitening=Whitening(patch=2, images=5000, eps=5e-4),
     temperature=1 / 9,
     dirac_init=True,
+    # airbench's GELU took 18% of a CPU training step (erf and its gradient); ReLU measured 1.12-1.16x faster
+    # per step at the same accuracy after 3 epochs (82.70% against 82.90%, docs/performance.md)
+    activation="relu",
     preprocessing="uint8 RGB -> per-channel standardised, random flip + translation (training only), "
     "frozen 2x2 patch whitening, inside the model",
 )

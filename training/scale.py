@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from training import cpu_kernels
+from training import cpu_info, cpu_kernels
 from training.cluster import ClusterError, ClusterRole, cluster_timeout_s, formation_guard, read_cluster_role, wait_for_peers
 from training.config import Distribute
 
@@ -22,15 +22,12 @@ def configure_devices() -> tuple[str, ...]:
     """Turn on GPU memory growth (or split the CPU if asked); returns the devices training may use.
 
     Must run before TensorFlow initialises its devices (before any op); cached, so later calls are free.
-    Without a GPU it also turns on the CPU speed-ups of `cpu_kernels`.
     """
-    cpu_kernels.use_bfc_allocator()  # CPU memory only; before the first op, which creates the allocator
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if gpus:
         return tuple(f"/gpu:{i}" for i in range(len(gpus)))
-    cpu_kernels.use_forward_conv_for_input_gradient()
     logical_cpus = max(1, int(os.environ.get(LOGICAL_CPUS_ENV, "1")))
     if logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -38,14 +35,20 @@ def configure_devices() -> tuple[str, ...]:
     return tuple(f"/cpu:{i}" for i in range(logical_cpus))
 
 
-@functools.cache
+def use_cpu_speedups(recipe: str | None) -> list[str]:
+    """Turn on the `cpu_kernels` speed-ups that measured faster for this recipe on this CPU's kind
+    (`cpu_info.chosen_speedups`); before TensorFlow's first op. Returns those in force."""
+    speedups = cpu_info.chosen_speedups(recipe)
+    if "bfc-allocator" in speedups:
+        cpu_kernels.use_bfc_allocator()  # CPU memory only; before the first op, which creates the allocator
+    if "conv-input-gradient" in speedups and not tf.config.list_physical_devices("GPU"):
+        cpu_kernels.use_forward_conv_for_input_gradient()
+    return cpu_kernels.active_speedups()
+
+
 def cpu_has_bf16() -> bool:
     """Native bfloat16 arithmetic (AVX512-BF16 or AMX), where mixed precision roughly doubles CPU speed."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_info.has_native_bf16()
 
 
 def set_precision(requested: bool | None, on_gpu: bool, cpu_default: bool = False) -> str:

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from contract.card import DataInfo, Metrics, ModelCard
 from contract.predictor import batched, compile_inference
-from training import models, report, scale, store
+from training import cpu_info, cpu_kernels, models, report, scale, store
 from training.callbacks import CHECKPOINT_FILE, RunCheckpoint, build_callbacks, read_resume_state
 from training.config import TrainConfig
 from training.data import Dataset
@@ -327,6 +327,8 @@ def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Run
         "parameters": fitted.parameters,
         "training_time_s": fitted.training_time_s,
         "precision_policy": runtime.policy,
+        "cpu": cpu_info.describe_cpu(),
+        "cpu_speedups": cpu_kernels.active_speedups(),
         "devices": list(runtime.devices),
         "workers": runtime.workers,
         "data": {"source": data.source, **data.sizes()},
