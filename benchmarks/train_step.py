@@ -59,8 +59,9 @@ def parse_updates(pairs: list[str]) -> dict[str, Any]:
 def build_step(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     """The recipe's compiled model and one random batch, set up the way `train-cifar` sets up a run."""
     from training.cli import start_tensorflow
+    from training.cpu_info import chosen_speedups
 
-    start_tensorflow(verbose=False, recipe=args.recipe)  # speed-ups as train-cifar sets them, log filtered
+    start_tensorflow(verbose=False, speedups=chosen_speedups(args.recipe))  # as train-cifar does, log filtered
     import keras
     import numpy as np
     import tensorflow as tf

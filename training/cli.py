@@ -21,11 +21,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from training import cpu_info
 from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
 from training.recipes import CNN, FAST, LOOKAHEAD, MLP
 
-from training import cpu_info
 from training.cluster import ClusterError, ClusterRole, read_cluster_role
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,14 +115,14 @@ def filtered_stderr(noise: Callable[[str], bool]) -> Iterator[None]:
             sys.stderr.flush()
 
 
-def start_tensorflow(verbose: bool, recipe: str | None = None) -> tuple[str, ...]:
-    """Import TensorFlow, turn on the CPU speed-ups for the recipe to train (none without one) and probe
-    the devices, before any op; TensorFlow's C++ start-up log (CUDA probe, oneDNN notes), written before any
-    Python setting applies, is filtered out of stderr unless --verbose."""
+def start_tensorflow(verbose: bool, speedups: tuple[cpu_info.Speedup, ...] = ()) -> tuple[str, ...]:
+    """Import TensorFlow, turn on the CPU speed-ups (`cpu_info.chosen_speedups`) and probe the devices,
+    before any op; TensorFlow's C++ start-up log (CUDA probe, oneDNN notes), written before any Python
+    setting applies, is filtered out of stderr unless --verbose."""
     with contextlib.nullcontext() if verbose else filtered_stderr(is_tensorflow_noise):
         from training.scale import configure_devices, use_cpu_speedups
 
-        use_cpu_speedups(recipe)
+        use_cpu_speedups(speedups)
         return configure_devices()
 
 
@@ -182,12 +182,11 @@ def run_training(params: dict[str, Any]) -> None:
         role = cluster_role_if_asked(base.distribute) if base is not None else None
     except ClusterError as error:
         raise UserError(str(error)) from None
-    recipe = base.model if base is not None else recipe_of_run(params["resume"])
-    try:
-        cpu_info.chosen_speedups(recipe)  # a bad $CIFAR_SERVE_CPU_SPEEDUPS too
+    try:  # and so does a bad $CIFAR_SERVE_CPU_SPEEDUPS
+        speedups = cpu_info.chosen_speedups(base.model if base is not None else recipe_of_run(params["resume"]))
     except cpu_info.SpeedupError as error:
         raise UserError(str(error)) from None
-    start_tensorflow(params["verbose"], recipe)  # before any TensorFlow op, data loading included
+    start_tensorflow(params["verbose"], speedups)  # before any TensorFlow op, data loading included
     from training.data import DataError
     from training.scale import leave_cluster
     from training.train import RunError

@@ -35,10 +35,9 @@ def configure_devices() -> tuple[str, ...]:
     return tuple(f"/cpu:{i}" for i in range(logical_cpus))
 
 
-def use_cpu_speedups(recipe: str | None) -> list[str]:
-    """Turn on the `cpu_kernels` speed-ups that measured faster for this recipe on this CPU's kind
-    (`cpu_info.chosen_speedups`); before TensorFlow's first op. Returns those in force."""
-    speedups = cpu_info.chosen_speedups(recipe)
+def use_cpu_speedups(speedups: tuple[cpu_info.Speedup, ...]) -> list[str]:
+    """Turn on these `cpu_kernels` speed-ups (those that measured faster for the recipe on this CPU's kind:
+    `cpu_info.chosen_speedups`) before TensorFlow's first op. Returns those in force."""
     if "bfc-allocator" in speedups:
         cpu_kernels.use_bfc_allocator()  # CPU memory only; before the first op, which creates the allocator
     if "conv-input-gradient" in speedups and not tf.config.list_physical_devices("GPU"):
@@ -46,15 +45,10 @@ def use_cpu_speedups(recipe: str | None) -> list[str]:
     return cpu_kernels.active_speedups()
 
 
-def cpu_has_bf16() -> bool:
-    """Native bfloat16 arithmetic (AVX512-BF16 or AMX), where mixed precision roughly doubles CPU speed."""
-    return cpu_info.has_native_bf16()
-
-
 def set_precision(requested: bool | None, on_gpu: bool, cpu_default: bool = False) -> str:
     """Mixed precision: on by default on a GPU (float16); on a CPU (bfloat16) when asked, or by
     default for recipes that want it (`cpu_default`) where the CPU has native bfloat16."""
-    enabled = requested if requested is not None else (on_gpu or (cpu_default and cpu_has_bf16()))
+    enabled = requested if requested is not None else (on_gpu or (cpu_default and cpu_info.has_native_bf16()))
     policy = ("mixed_float16" if on_gpu else "mixed_bfloat16") if enabled else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy

@@ -177,7 +177,7 @@ def set_up_runtime(run: Run) -> Runtime:
     devices = scale.configure_devices()
     on_gpu = devices[0].startswith("/gpu")
     policy = scale.set_precision(config.mixed_precision, on_gpu, cpu_default=config.recipe.bf16_on_cpu)
-    if policy == "mixed_bfloat16" and not scale.cpu_has_bf16():
+    if policy == "mixed_bfloat16" and not cpu_info.has_native_bf16():
         run.console.print("[yellow]warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX); mixed precision "
                           "is emulated and training runs many times slower: drop --mixed-precision[/]")
     strategy = scale.build_strategy(config.distribute, devices)
