@@ -62,13 +62,12 @@ def build_step(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]
     from training.cpu_info import chosen_speedups
 
     start_tensorflow(verbose=False, speedups=chosen_speedups(args.recipe))  # as train-cifar does, log filtered
-    import keras
     import numpy as np
     import tensorflow as tf
 
     from training import cpu_kernels, models, scale
     from training.config import TrainConfig
-    from training.optimizers import build_optimizer
+    from training.train import compile_arguments
 
     if args.inter_op:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
@@ -80,11 +79,7 @@ def build_step(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]
     x = rng.integers(0, 256, (config.batch_size, 32, 32, 3), dtype=np.uint8)
     y = tf.one_hot(rng.integers(0, 10, config.batch_size), 10)
     model = models.build(recipe, x, 10, config.seed)
-    model.compile(
-        optimizer=build_optimizer(config, steps_per_epoch=100),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"], jit_compile=args.jit,
-    )
+    model.compile(**compile_arguments(config, steps_per_epoch=100), jit_compile=args.jit)
     facts = {"precision": policy, "speedups": cpu_kernels.active_speedups(), "batch_size": config.batch_size,
              "conv_gflop_per_step": config.batch_size * conv_flops_per_image(model) / 1e9}
     return model, x, y, facts

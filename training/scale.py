@@ -35,14 +35,13 @@ def configure_devices() -> tuple[str, ...]:
     return tuple(f"/cpu:{i}" for i in range(logical_cpus))
 
 
-def use_cpu_speedups(speedups: tuple[cpu_info.Speedup, ...]) -> list[str]:
+def use_cpu_speedups(speedups: tuple[cpu_info.Speedup, ...]) -> None:
     """Turn on these `cpu_kernels` speed-ups (those that measured faster for the recipe on this CPU's kind:
-    `cpu_info.chosen_speedups`) before TensorFlow's first op. Returns those in force."""
+    `cpu_info.chosen_speedups`) before TensorFlow's first op; `cpu_kernels.active_speedups` reports them."""
     if "bfc-allocator" in speedups:
         cpu_kernels.use_bfc_allocator()  # CPU memory only; before the first op, which creates the allocator
     if "conv-input-gradient" in speedups and not tf.config.list_physical_devices("GPU"):
         cpu_kernels.use_forward_conv_for_input_gradient()
-    return cpu_kernels.active_speedups()
 
 
 def set_precision(requested: bool | None, on_gpu: bool, cpu_default: bool = False) -> str:

@@ -208,12 +208,17 @@ def build_or_resume(run: Run, runtime: Runtime, state: dict[str, Any] | None) ->
         if state:
             return keras.saving.load_model(run.checkpoint_dir / CHECKPOINT_FILE, safe_mode=True)
         model = build_model(config, run.data)
-        model.compile(
-            optimizer=build_optimizer(config, run.steps_per_epoch),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-            metrics=["accuracy"],
-        )
+        model.compile(**compile_arguments(config, run.steps_per_epoch))
     return model
+
+
+def compile_arguments(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]:
+    """How a new model is compiled for training: the run's optimizer and schedule, its loss, accuracy."""
+    return {
+        "optimizer": build_optimizer(config, steps_per_epoch),
+        "loss": keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        "metrics": ["accuracy"],
+    }
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
