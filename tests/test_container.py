@@ -1,0 +1,233 @@
+"""The bento as a container image, built and run with podman: `deploy/build-image` (one build for the module),
+the container against the host server, a graceful `podman stop`, a bad setting, and the Kubernetes Deployment
+run with `podman kube play`.
+
+Needs podman, runc, mmdebstrap and uidmap (the README's test command installs them), root, and the package
+index reachable from inside the build. Deselect with `-m "not container"`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from benchmarks.harness import HOST, free_port
+from conftest import PROJECT_ROOT, ModelStore, assert_same_answer, metadata_json
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
+
+PODMAN_ENV = {
+    "CONTAINERS_CONF": str(PROJECT_ROOT / "deploy" / "podman" / "containers.conf"),
+    "CONTAINERS_STORAGE_CONF": str(PROJECT_ROOT / "deploy" / "podman" / "storage.conf"),
+}
+PHOTOS = sorted((PROJECT_ROOT / "tests" / "fixtures" / "images-tiny" / "test").rglob("*.jpg"))
+KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this CI reaches the package index through a TLS-inspecting proxy
+
+
+def podman(*args: str, timeout: float = 180, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """podman with the project's settings (deploy/podman/), output captured."""
+    result = subprocess.run(["podman", *args], env={**os.environ, **PODMAN_ENV}, input=stdin,
+                            capture_output=True, text=True, timeout=timeout)
+    assert not check or result.returncode == 0, f"podman {' '.join(args)} -> {result.returncode}: {result.stderr[-3000:]}"
+    return result
+
+
+def wait_ready(url: str, timeout: float, running: Callable[[], bool]) -> float:
+    """Seconds until GET url/readyz answers 200; fails at once when `running()` turns False."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        assert running(), "the container exited before it was ready"
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready in {timeout:.0f}s")
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def state(self, field: str) -> str:
+        return podman("inspect", "--format", "{{.State.%s}}" % field, self.name).stdout.strip()
+
+    def logs(self) -> str:
+        result = podman("logs", self.name)
+        return result.stdout + result.stderr
+
+    def wait_ready(self, timeout: float = 240) -> float:
+        try:
+            return wait_ready(self.url, timeout, lambda: self.state("Running") == "true")
+        except (AssertionError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}:\n{self.logs()[-3000:]}") from None
+
+
+@contextmanager
+def running(image: str, **env: str) -> Iterator[Container]:
+    """`podman run -d --network=host -e BENTOML_PORT=<free port>` (publishing ports is not needed on loopback)."""
+    box = Container(f"cifar-test-{uuid.uuid4().hex[:8]}", free_port())
+    settings = [f"--env={key}={value}" for key, value in {"BENTOML_PORT": str(box.port), **env}.items()]
+    podman("run", "--detach", "--name", box.name, "--network=host", *settings, image)
+    try:
+        yield box
+    finally:
+        podman("rm", "--force", "--time", "0", box.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def image(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The suite's tiny model -> `bentoml build` -> `deploy/build-image`: the module's one image build."""
+    missing = [tool for tool in ("podman", "runc", "mmdebstrap") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: apt-get install -y podman runc mmdebstrap uidmap "
+                    "(or deselect these tests with -m 'not container')")
+    store = cifar_model_store.copy(tmp_path_factory.mktemp("container") / "bentoml_home")
+    env = store.env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the venv's bentoml
+    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=PROJECT_ROOT, env=env,
+                           capture_output=True, text=True, timeout=180)
+    assert built.returncode == 0, built.stderr[-3000:]
+    bento = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    trust = ["--trust-host-ca"] if HOST_CA.is_file() else []
+    result = subprocess.run([str(PROJECT_ROOT / "deploy" / "build-image"), *trust, bento], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=1100)
+    assert result.returncode == 0, result.stderr[-5000:]
+    reference = result.stdout.strip().splitlines()[-1]
+    assert reference == f"localhost/{bento}"
+    try:
+        yield reference
+    finally:
+        podman("rmi", "--force", reference, check=False)
+
+
+def classify(url: str, photo: Path, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/classify", files={"image": (photo.name, photo.read_bytes())}, data={"top_k": "10"},
+                      headers=headers, timeout=60)
+
+
+def test_the_container_answers_as_the_host_server(image: str, cifar_server, cifar_model_store: ModelStore) -> None:
+    assert len(PHOTOS) >= 10
+    with running(image) as box:
+        box.wait_ready()
+        for photo in PHOTOS:
+            got, expected = classify(box.url, photo), classify(cifar_server.url, photo)
+            assert got.status_code == expected.status_code == 200, (photo, got.text, expected.text)
+            assert_same_answer(got.json(), expected.json(), tolerance=1e-5)
+        metadata = httpx.get(f"{box.url}/metadata", timeout=30).json()
+        assert metadata["tag"] == metadata_json(cifar_server)["tag"] == cifar_model_store.tag
+        assert metadata["backend"] == "tensorflow"
+        uid = podman("exec", box.name, "id", "-u").stdout.strip()
+        assert uid.isdigit() and uid != "0"
+
+
+def manifest_grace_s() -> int:
+    deployment = yaml.safe_load((KUBERNETES / "cpu" / "deployment.yaml").read_text())
+    return int(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+
+
+def test_podman_stop_lets_an_in_flight_batch_finish(image: str) -> None:
+    grace = manifest_grace_s()  # what Kubernetes would give the pod before SIGKILL
+    files = [("images", (photo.name, photo.read_bytes())) for photo in PHOTOS[:4]]
+    with running(image, CIFAR10_MAX_LATENCY_MS="3000") as box:  # the batcher holds a request ~3 s
+        box.wait_ready()
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, f"{box.url}/classify_batch", files=files, timeout=60)
+            time.sleep(1.0)  # sent, and waiting in the batcher
+            started = time.monotonic()
+            podman("stop", "--time", str(grace), box.name, timeout=grace + 30)  # SIGTERM, SIGKILL after `grace`
+            stopped_s = time.monotonic() - started
+            response = answer.result(timeout=60)
+        assert response.status_code == 200, response.text
+        assert len(response.json()) == len(files)
+        assert box.state("ExitCode") == "0", box.logs()[-3000:]
+        assert stopped_s < grace
+
+
+def test_a_bad_setting_stops_the_container_with_one_line(image: str) -> None:
+    name = f"cifar-test-{uuid.uuid4().hex[:8]}"
+    try:
+        result = podman("run", "--name", name, "--network=host", f"--env=BENTOML_PORT={free_port()}",
+                        "--env=CIFAR10_MAX_BATCH_SIZE=0", image, check=False)
+        assert result.returncode != 0
+        logs = podman("logs", name)
+        lines = [line for line in (logs.stdout + logs.stderr).splitlines() if line.strip()]
+    finally:
+        podman("rm", "--force", name, check=False)
+    assert len(lines) == 1 and "CIFAR10_MAX_BATCH_SIZE=0" in lines[0], lines
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def podman_secret(secret: dict, key: str) -> str:
+    """The Secret's data as podman 4.3 reads a secretKeyRef: a JSON object of base64 values (it cannot read the
+    Secret document itself, even the one `podman kube play` stores from a `kind: Secret`)."""
+    return json.dumps({name: base64.b64encode(key.encode()).decode() for name in secret["stringData"]})
+
+
+def test_the_kubernetes_deployment_runs_with_podman_kube_play(image: str, cifar_model_store: ModelStore,
+                                                                tmp_path: Path) -> None:
+    text = (KUBERNETES / "cpu" / "deployment.yaml").read_text()
+    manifest, replaced = re.subn(r"(?m)^(\s*image:\s*)cifar10_classifier:\S+.*$", rf"\g<1>{image}", text)
+    assert replaced == 1
+    deployment = tmp_path / "deployment.yaml"
+    deployment.write_text(manifest)
+    container = yaml.safe_load(manifest)["spec"]["template"]["spec"]["containers"][0]
+    [port] = [p["containerPort"] for p in container["ports"]]
+    if not port_is_free(port):
+        pytest.skip(f"port {port}, which the manifest declares, is in use on this machine")
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    secret = yaml.safe_load((KUBERNETES / "secret.example.yaml").read_text())
+    name, key = secret["metadata"]["name"], secrets.token_hex(16)
+    podman("secret", "create", name, "-", stdin=podman_secret(secret, key))
+    try:
+        # No --network=host: podman 4.3 publishes the manifest's containerPort (on the same host port), which
+        # it refuses with host networking ("PortMappings can only be used with Bridge or slirp4netns networking").
+        played = podman("kube", "play", str(deployment), timeout=120)
+        pod = re.search(r"Pod:\s+([0-9a-f]{64})", played.stdout).group(1)  # type: ignore[union-attr]
+        url = f"http://{HOST}:{port}"
+        wait_ready(url, 300, lambda: podman("pod", "inspect", "--format", "{{.State}}", pod).stdout.strip() == "Running")
+        photo = PHOTOS[0]
+        assert classify(url, photo).status_code == 401  # the key came from the Secret
+        answer = classify(url, photo, authorization=f"Bearer {key}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == cifar_model_store.tag
+        metadata = httpx.get(f"{url}/metadata", headers={"authorization": f"Bearer {key}"}, timeout=30).json()
+        batching = metadata["batching"]  # the manifest's environment reached the service
+        assert batching["workers"] == int(env["CIFAR10_WORKERS"])
+        assert batching["max_batch_size"] == int(env["CIFAR10_MAX_BATCH_SIZE"])
+    finally:
+        podman("kube", "down", str(deployment), check=False, timeout=120)
+        podman("secret", "rm", name, check=False)
+    assert podman("pod", "exists", pod, check=False).returncode == 1  # `podman kube down` removed it
