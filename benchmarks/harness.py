@@ -14,6 +14,7 @@ else; its output goes to a log file the caller reads when something went wrong.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -136,6 +137,33 @@ class ServerProcess:
                 pass
         return total
 
+    def worker_processes(self) -> list[psutil.Process]:
+        """The service's worker processes (BentoML's `worker.service` children; none once it has exited)."""
+        if self.process.poll() is not None:
+            return []
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        workers = []
+        for child in children:
+            try:
+                if any("worker" in part for part in child.cmdline()):
+                    workers.append(child)
+            except psutil.Error:  # ended between the listing and the reading
+                pass
+        return workers
+
+    def worker_rss_bytes(self) -> int:
+        """Resident memory of the workers alone, where images are decoded and models run (0: none)."""
+        total = 0
+        for worker in self.worker_processes():
+            try:
+                total += worker.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
     def metrics_text(self) -> str:
         """The Prometheus text of /metrics, or '' when the server does not answer."""
         try:
@@ -159,3 +187,33 @@ class ServerProcess:
             os.killpg(self.process.pid, signum)
         except ProcessLookupError:  # the group ended in the meantime
             pass
+
+
+def machine() -> dict[str, object]:
+    """What a benchmark ran on: the CPU by name, how many cores it may use, memory, OS and Python."""
+    from service.device import cpu_name  # reads /proc/cpuinfo: no TensorFlow, no BentoML
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile with linear interpolation between closest ranks (numpy's default); None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = q / 100 * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)

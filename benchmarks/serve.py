@@ -24,7 +24,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -41,7 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks.harness import ServerProcess, server_env
+from benchmarks.harness import ServerProcess, machine, percentile, server_env
 
 SERVERS = {
     "ceiling": "benchmarks.ceiling_service:CeilingClassifier",
@@ -147,13 +146,8 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        rank = q / 100 * (len(ordered) - 1)  # linear interpolation between closest ranks
-        low = int(rank)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+        value = percentile(self.latencies_ms, q)
+        return float("nan") if value is None else value
 
     def summary(self) -> dict[str, Any]:
         ok = max(1, self.requests)
@@ -416,23 +410,6 @@ def run_raw(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------
 # report
-
-
-def machine() -> dict[str, Any]:
-    from service.device import cpu_name
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, Any]]]:

@@ -23,7 +23,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -36,14 +35,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks.harness import SERVICE_IMPORT, ServerProcess, server_env
+from benchmarks.harness import SERVICE_IMPORT, ServerProcess, machine, percentile, server_env
 
 DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BATCH_SIZE = 4  # images per /classify_batch request in the mix
@@ -232,30 +230,6 @@ def timeline(samples: list[tuple[float, int]], points: int) -> list[tuple[int, f
 
 
 # --------------------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-    }
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return float(np.percentile(np.asarray(values), q))
 
 
 def build_report(result: dict[str, Any], args: argparse.Namespace, source: str, server: ServerProcess) -> dict[str, Any]:
