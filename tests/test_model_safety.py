@@ -1,4 +1,4 @@
-"""A model file must never run code (issue 15): legacy imports are scanned, refused or converted.
+"""A model file must never run code (issues 15 and 20): legacy imports are scanned, refused or converted.
 
 Every model is built here, in a temporary folder, by a subprocess with tf-keras; nothing is mocked.
 `train-cifar import` runs as a subprocess with its own BENTOML_HOME, its working folder a fresh
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +26,8 @@ DATA = ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"
 TRAIN_CIFAR = [sys.executable, "-c", "from training.cli import main; main()"]
 
 # One script builds every file: the issue's hostile .h5, a SavedModel whose layer writes a file
-# through a TensorFlow op, harmless legacy models, and graph-only SavedModels for the op scan.
+# through a TensorFlow op, harmless legacy models, graph-only SavedModels for the op scan, and issue 20's
+# files (each shown to do its harm when tf-keras loads it, before the import is tried).
 BUILD_SCRIPT = r"""
 import os, sys
 from pathlib import Path
@@ -75,6 +78,87 @@ class WritesCheckpoint(tf.Module):
 
 tf.saved_model.save(ReadsFiles(), str(out / "graph_reads_files"))
 tf.saved_model.save(WritesCheckpoint(), str(out / "graph_writes_checkpoint"))
+
+# Issue 20, case 1: a layer whose keras_metadata.pb says plain Layer with no config; tf-keras revives it
+# from its saved graph, where DatasetFromGraph runs a dataset graph held as a string: it writes a file.
+import json, shutil
+import h5py, numpy as np
+from tf_keras.protobuf import saved_metadata_pb2
+
+def write_marker(x):
+    with tf.control_dependencies([tf.io.write_file(sm_marker, "pwned")]):
+        return tf.identity(x)
+
+writes = tf.data.Dataset.from_tensors(tf.constant(0)).map(write_marker)
+hidden_graph = writes._as_serialized_graph().numpy()
+
+class Hidden(k.layers.Layer):
+    def call(self, t):
+        # the slice depends on the input, so grappler does not fold the dataset into a constant
+        graph = tf.strings.substr(hidden_graph, 0, len(hidden_graph) + tf.cast(tf.reduce_max(t) * 0.0, tf.int32))
+        dataset = tf.data.experimental.from_variant(tf.raw_ops.DatasetFromGraph(graph_def=graph), writes.element_spec)
+        with tf.control_dependencies([dataset.reduce(tf.constant(0), lambda state, _: state)]):
+            return tf.identity(t) / 255.0
+
+k.Sequential([k.layers.Input((32, 32, 3)), Hidden(), k.layers.Flatten(),
+              k.layers.Dense(10, activation="softmax")]).save(out / "hidden_savedmodel", save_format="tf")
+
+def plain(value):
+    if isinstance(value, dict):
+        if value.get("class_name") == "Hidden":
+            return {"class_name": "Layer", "config": {"name": value["config"]["name"]}}
+        return {key: plain(item) for key, item in value.items()}
+    return [plain(item) for item in value] if isinstance(value, list) else value
+
+metadata_file = out / "hidden_savedmodel" / "keras_metadata.pb"
+metadata = saved_metadata_pb2.SavedMetadata()
+metadata.ParseFromString(metadata_file.read_bytes())
+for node in metadata.nodes:
+    data = json.loads(node.metadata)
+    if data.get("class_name") == "Hidden":
+        data["class_name"] = "Layer"
+        del data["config"]
+    node.metadata = json.dumps(plain(data))
+metadata_file.write_bytes(metadata.SerializeToString())
+k.models.load_model(out / "hidden_savedmodel", compile=False)(np.zeros((1, 32, 32, 3), np.float32))
+assert os.path.exists(sm_marker), "the hidden graph did not run when tf-keras loaded the model"
+os.remove(sm_marker)
+
+# Case 2: the Dense kernel's bytes come from a local file, through HDF5 external storage or a virtual dataset.
+secret = out / "secret.bin"
+secret.write_bytes(b"SECRET!!" * 20)  # 160 bytes: the (4, 10) float32 kernel
+
+def swap_kernel(target, make):
+    shutil.copyfile(out / "harmless.h5", out / target)
+    with h5py.File(out / target, "r+") as file:
+        names = []
+        file["model_weights"].visit(names.append)
+        name = "model_weights/" + next(name for name in names if "dense" in name and name.endswith("kernel:0"))
+        shape = file[name].shape
+        del file[name]
+        make(file, name, shape)
+    with h5py.File(out / target, "r") as file:  # as a loader reads the weights: HDF5 reads the other file
+        assert file[name][()].tobytes() == secret.read_bytes(), target
+
+swap_kernel("external_storage.h5",
+            lambda file, name, shape: file.create_dataset(name, shape, "float32", external=[(str(secret), 0, 160)]))
+with h5py.File(out / "vds_source.h5", "w") as source:
+    source["data"] = np.frombuffer(secret.read_bytes(), np.float32).reshape(4, 10)
+
+def virtual(file, name, shape):
+    layout = h5py.VirtualLayout(shape, "float32")
+    layout[:] = h5py.VirtualSource(str(out / "vds_source.h5"), "data", shape)
+    file.create_virtual_dataset(name, layout)
+
+swap_kernel("virtual_dataset.h5", virtual)
+for read_by_the_attack in (secret, out / "vds_source.h5"):  # a FIFO: an import that reads it hangs
+    read_by_the_attack.unlink()
+    os.mkfifo(read_by_the_attack)
+
+# Case 3: a model_config that is not UTF-8
+shutil.copyfile(out / "harmless.h5", out / "not_utf8.h5")
+with h5py.File(out / "not_utf8.h5", "r+") as file:
+    file.attrs["model_config"] = np.bytes_(b"\xff\xfe" + file.attrs["model_config"].encode())
 """
 
 # Loads what the store holds the way the service does (no trust), and the original with tf-keras,
@@ -125,11 +209,17 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not native(line)]
 
 
-def import_model(home: Path, workdir: Path, model: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    """`train-cifar import MODEL --data <fixture> FLAGS` in `workdir`, storing into `home`. Reusable."""
+def import_model(home: Path, workdir: Path, model: Path, *flags: str,
+                 tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`train-cifar import MODEL --data <fixture> FLAGS` in `workdir`, storing into `home`, with its own
+    TMPDIR when `tmpdir` is given. Reusable."""
     workdir.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    if tmpdir is not None:
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        extra["TMPDIR"] = str(tmpdir)
     return subprocess.run([*TRAIN_CIFAR, "import", str(model), "--data", str(DATA), *flags], cwd=workdir,
-                          env=quiet_env(home), capture_output=True, text=True, timeout=300, check=False)
+                          env=quiet_env(home, **extra), capture_output=True, text=True, timeout=300, check=False)
 
 
 def imported_tag(stdout: str) -> str:
@@ -173,6 +263,11 @@ def markers(built: dict[str, Path]) -> Iterator[tuple[Path, Path]]:
 @pytest.fixture()
 def home(tmp_path: Path) -> Path:
     return tmp_path / "bentoml"
+
+
+def assert_store_empty(home: Path) -> None:
+    """No entry was stored."""
+    assert not (home / "models").exists() or not any((home / "models").iterdir())
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *names: str) -> None:
@@ -235,6 +330,83 @@ def test_every_denied_op_exists_in_this_tensorflow() -> None:
     assert not sorted((OP_DENYLIST | CHECKPOINT_READ_OPS | CHECKPOINT_WRITE_OPS) - set(dir(tf.raw_ops)))
 
 
+def dense_kernel(path: Path) -> str:
+    """The HDF5 name of the Dense kernel in a tf-keras `.h5` (read with h5py; no dataset is read)."""
+    import h5py
+
+    names: list[str] = []
+    with h5py.File(path, "r") as file:
+        file["model_weights"].visit(names.append)
+    return "model_weights/" + next(name for name in names if "dense" in name and name.endswith("kernel:0"))
+
+
+def test_scan_of_issue_20_files(built: dict[str, Path]) -> None:
+    from training.model_safety import scan_model
+
+    build = built["build"]
+    hidden = scan_model(build / "hidden_savedmodel", "tf-keras-savedmodel")
+    assert "'hidden' saved without a config" in hidden, hidden
+    assert "plain Layer 'hidden' (its class was not saved)" in hidden, hidden
+    assert scan_model(build / "external_storage.h5", "tf-keras-h5") == [
+        f"HDF5 external storage for '{dense_kernel(build / 'external_storage.h5')}' (its data is in another file)"
+    ]
+    assert scan_model(build / "virtual_dataset.h5", "tf-keras-h5") == [
+        f"HDF5 virtual dataset '{dense_kernel(build / 'virtual_dataset.h5')}' (its data is in other files)"
+    ]
+    assert scan_model(build / "not_utf8.h5", "tf-keras-h5") == ["a model config that is not UTF-8"]
+
+
+def test_scan_refuses_hdf5_links_and_plugin_filters(built: dict[str, Path], tmp_path: Path) -> None:
+    import h5py
+
+    from training.model_safety import scan_h5
+
+    path = tmp_path / "links.h5"
+    shutil.copyfile(built["build"] / "harmless.h5", path)
+    kernel = dense_kernel(path)
+    bias = kernel.replace("kernel:0", "bias:0")
+    with h5py.File(path, "r+") as file:
+        data = file[kernel][()]
+        del file[kernel], file[bias]
+        file["stash"] = data
+        file[kernel] = h5py.SoftLink("/stash")
+        file[bias] = h5py.ExternalLink("elsewhere.h5", "/bias")
+        file.create_dataset("filtered", data=data, chunks=data.shape, compression=33333, allow_unknown_filter=True)
+    assert set(scan_h5(path)) == {f"HDF5 soft link '{kernel}'", f"HDF5 external link '{bias}' (to another file)",
+                                  "HDF5 filter 33333 on 'filtered' (a plugin library)"}
+
+
+def test_configs_that_are_no_keras_model_or_read_files_are_findings() -> None:
+    from training.model_safety import config_text_findings, refusal
+
+    assert config_text_findings("[" * 100_000) == ["a model config that is not JSON"]
+    assert config_text_findings("[1, 2]") == ["a model config that is not a Keras model"]
+    lookup = {"class_name": "StringLookup", "config": {"name": "words", "vocabulary": "/etc/passwd"}}
+    assert config_text_findings(json.dumps(lookup)) == ["StringLookup 'words' reads its vocabulary from a file"]
+    line = refusal(Path("x.h5"), ["Lambda layer 'a\nb\x1b[2J'"])
+    assert "\n" not in line and "\x1b" not in line and "'a\\nb\\x1b[2J'" in line, line
+
+
+def test_private_copy_is_private_and_follows_no_link(built: dict[str, Path], tmp_path: Path) -> None:
+    from training.importer import ModelImportError, private_copy
+
+    original = built["build"] / "harmless_savedmodel"
+    copy = private_copy(original, tmp_path / "copy", "tf-keras-savedmodel")
+    assert stat.S_IMODE((tmp_path / "copy").stat().st_mode) == 0o700
+    files = sorted(path.relative_to(original) for path in original.rglob("*") if path.is_file())
+    assert files and files == sorted(path.relative_to(copy) for path in copy.rglob("*") if path.is_file())
+    assert all((copy / name).read_bytes() == (original / name).read_bytes() for name in files)
+    linked = tmp_path / "linked"
+    shutil.copytree(original, linked)
+    (linked / "variables" / "extra").symlink_to("/etc/passwd")
+    with pytest.raises(ModelImportError, match=r"^linked/variables/extra is a symbolic link; import refused$"):
+        private_copy(linked, tmp_path / "copy2", "tf-keras-savedmodel")
+    (linked / "variables" / "extra").unlink()
+    os.mkfifo(linked / "variables" / "extra")
+    with pytest.raises(ModelImportError, match=r"^linked/variables/extra is not a plain file or folder"):
+        private_copy(linked, tmp_path / "copy3", "tf-keras-savedmodel")
+
+
 # --- train-cifar import ----------------------------------------------------------------------------
 
 
@@ -244,7 +416,7 @@ def test_hostile_h5_is_refused_and_its_lambda_never_runs(
     result = import_model(home, tmp_path / "cwd", built["build"] / "evil.h5")
     assert_refused(result, "evil.h5 holds code: Lambda layer 'lambda'")
     assert not markers[0].exists()
-    assert not (home / "models").exists() or not any((home / "models").iterdir())
+    assert_store_empty(home)
 
 
 def test_hostile_savedmodel_is_refused_and_its_ops_never_run(
@@ -253,6 +425,22 @@ def test_hostile_savedmodel_is_refused_and_its_ops_never_run(
     result = import_model(home, tmp_path / "cwd", built["build"] / "evil_savedmodel")
     assert_refused(result, "op WriteFile", "custom class 'Writer'")
     assert not markers[1].exists()
+
+
+@pytest.mark.parametrize(("model", "finding"), [
+    ("hidden_savedmodel", "'hidden' saved without a config"),  # case 1: its graph would write the marker
+    ("external_storage.h5", "HDF5 external storage for 'model_weights/dense"),  # case 2: reads secret.bin,
+    ("virtual_dataset.h5", "HDF5 virtual dataset 'model_weights/dense"),  # a FIFO now: reading it hangs
+    ("not_utf8.h5", "a model config that is not UTF-8"),  # case 3: no traceback
+])
+def test_issue_20_files_are_refused_and_nothing_is_written_or_read(
+    model: str, finding: str, built: dict[str, Path], markers: tuple[Path, Path], home: Path, tmp_path: Path
+) -> None:
+    result = import_model(home, tmp_path / "cwd", built["build"] / model, tmpdir=tmp_path / "tmp")
+    assert_refused(result, f"{model} holds code: ", finding)
+    assert not markers[1].exists()
+    assert_store_empty(home)
+    assert not any((tmp_path / "cwd").iterdir()) and not any((tmp_path / "tmp").iterdir())  # no copy left
 
 
 def test_trusted_hostile_h5_imports_as_legacy_and_is_not_loaded_without_consent(

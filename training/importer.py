@@ -1,11 +1,17 @@
 """Register a model trained elsewhere (Keras 3 `.keras`, Keras 2 `.h5` or SavedModel) in the store.
 
-Legacy files are scanned for code first (training.model_safety) and refused if any is found, unless
-the user trusts them; clean ones are converted to Keras 3 `.keras` so the service loads them in safe mode.
+The file (or SavedModel folder) is copied once into a private folder, and only that copy is scanned
+and loaded. Legacy files are scanned for code first (training.model_safety) and refused if any is found,
+unless the user trusts them; clean ones are rebuilt from their Keras config with only their variables
+read (no graph or code from the file runs), then converted to Keras 3 `.keras` so the service loads
+them in safe mode.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -29,6 +35,8 @@ SCALING_DESCRIPTIONS = {
 
 # Converted models must give the original's probabilities to within this (float32 rounding is ~1e-7).
 CONVERSION_TOLERANCE = 1e-4
+# A SavedModel is a few folders deep (variables/, assets/); deeper trees are not model files.
+MAX_FOLDER_DEPTH = 16
 
 
 class ModelImportError(Exception):
@@ -107,20 +115,21 @@ def import_model(
     trust_model_code: bool = False,
     warn: Callable[[str], None] = lambda message: None,
 ) -> ImportResult:
-    """Scan, load, check, convert where it is safe, evaluate what is stored, and save it to the store."""
+    """Copy, scan, load, check, convert where it is safe, evaluate what is stored, and save it to the store."""
     if not path.exists():
         raise ModelImportError(f"model file not found: {path}")
     model_format = detect_format(path)
-    findings = model_safety.scan_model(path, model_format)  # before anything in the file is deserialized
-    if findings and not trust_model_code:
-        raise ModelImportError(model_safety.refusal(path, findings))
-    if findings:
-        warn(f"{path.name} holds code ({', '.join(findings)}); importing it anyway (--trust-model-code): "
-             f"it stays {model_format}, and the service serves it only with CIFAR10_TRUST_MODEL_CODE=1")
-    network = load_checked(path, model_format)
-    scaling = guess_scaling(network, data) if input_scaling == "auto" else input_scaling
-    with tempfile.TemporaryDirectory(prefix="cifar-import-") as workdir:
-        stored = StoredModel(path, model_format, network, {})
+    with tempfile.TemporaryDirectory(prefix="cifar-import-") as workdir:  # 0700, removed on any exit
+        source = private_copy(path, Path(workdir) / "original", model_format)
+        findings = model_safety.scan_model(source, model_format)  # before anything in the file is deserialized
+        if findings and not trust_model_code:
+            raise ModelImportError(model_safety.refusal(path, findings))
+        if findings:
+            warn(f"{path.name} holds code ({', '.join(findings)}); importing it anyway (--trust-model-code): "
+                 f"it stays {model_format}, and the service serves it only with CIFAR10_TRUST_MODEL_CODE=1")
+        network = load_checked(source, model_format, bool(findings), path)
+        scaling = guess_scaling(network, data) if input_scaling == "auto" else input_scaling
+        stored = StoredModel(source, model_format, network, {})
         if model_format != "keras" and not findings:
             stored = convert_or_keep(stored, scaling, data, Path(workdir), warn)
         evaluation = evaluate(stored, scaling, data) if data is not None else None
@@ -132,14 +141,122 @@ def import_model(
                         stored.config.get("converted_from") is not None, findings)
 
 
-def load_checked(path: Path, model_format: str) -> Any:
-    """The network as its own format loads it, with CIFAR-10 shapes; any failure is the file's fault."""
+# --- one private copy of the bytes ----------------------------------------------------------------
+
+
+def private_copy(path: Path, folder: Path, model_format: str) -> Path:
+    """Copy the file or SavedModel folder once into a private folder: the scan and the loader read only
+    this copy, so the original cannot be swapped between them. Links inside a folder are refused."""
+    folder.mkdir(mode=0o700)
+    target = folder / path.name
     try:
-        network = load_network(path, model_format)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # the path the user named may be a link
+        try:
+            copy_entry(descriptor, target, path.name, 0)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise ModelImportError(f"cannot copy {model_safety.printable(path.name)}: {error.strerror}") from None
+    if detect_format(target) != model_format:
+        raise ModelImportError(f"{model_safety.printable(path.name)} changed while it was copied; import refused")
+    return target
+
+
+def copy_entry(descriptor: int, target: Path, shown: str, depth: int) -> None:
+    """Copy an open file or folder to `target`; a FIFO, device or socket is no model file."""
+    mode = os.fstat(descriptor).st_mode
+    if stat.S_ISREG(mode):
+        with os.fdopen(descriptor, "rb", closefd=False) as source, open(target, "xb") as copy:
+            shutil.copyfileobj(source, copy, 1 << 20)
+    elif stat.S_ISDIR(mode) and depth < MAX_FOLDER_DEPTH:
+        target.mkdir(mode=0o700)
+        copy_folder(descriptor, target, shown, depth + 1)
+    else:
+        raise ModelImportError(f"{model_safety.printable(shown)} is not a plain file or folder (or is nested "
+                               f"too deep); import refused")
+
+
+def copy_folder(folder: int, target: Path, shown: str, depth: int) -> None:
+    """Copy a folder's entries through its descriptor, never following a link (O_NOFOLLOW at every step)."""
+    for name in sorted(os.listdir(folder)):
+        if stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+            raise ModelImportError(f"{model_safety.printable(f'{shown}/{name}')} is a symbolic link; import refused")
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        try:
+            copy_entry(descriptor, target / name, f"{shown}/{name}", depth)
+        finally:
+            os.close(descriptor)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def load_checked(path: Path, model_format: str, trusted: bool, original: Path) -> Any:
+    """The network, with CIFAR-10 shapes: a trusted legacy file as its own format loads it, a clean one
+    rebuilt from its config; any failure is the file's fault."""
+    try:
+        if model_format == "keras" or trusted:
+            network = load_network(path, model_format)
+        else:
+            network = rebuild_legacy(path, model_format)
+    except ModelImportError:
+        raise
     except Exception as error:  # noqa: BLE001 - any loader failure is the file's fault here
-        raise ModelImportError(f"cannot load {path} as {model_format}: {str(error).splitlines()[0]}") from None
+        reason = model_safety.printable(short_reason(error))
+        raise ModelImportError(f"cannot load {original} as {model_format}: {reason}") from None
     check_shapes(network)
     return network
+
+
+def rebuild_legacy(path: Path, model_format: str) -> Any:
+    """A clean legacy model rebuilt from its Keras config (built-in classes only, scanned) with only its
+    variables read: tf-keras would revive a SavedModel from its graphs, and those must never run."""
+    if model_format == "tf-keras-h5":
+        return rebuild_h5(path)
+    return rebuild_savedmodel(path)
+
+
+def rebuild_h5(path: Path) -> Any:
+    """`model_config` -> a new tf-keras model, then the weights from `model_weights` (HDF5 checked by the scan)."""
+    import h5py
+    from tf_keras.src.saving.legacy import hdf5_format
+
+    with h5py.File(path, "r") as file:
+        text = model_safety.model_config_text(file)
+        if text is None:
+            raise ModelImportError(f"{model_safety.printable(path.name)} holds weights only, no model config")
+        network = from_keras_config(text)
+        hdf5_format.load_weights_from_hdf5_group(file["model_weights"] if "model_weights" in file else file, network)
+    return network
+
+
+def rebuild_savedmodel(folder: Path) -> Any:
+    """The root node's config from keras_metadata.pb -> a new tf-keras model, then its variables restored
+    from variables/ by a checkpoint read, which reads tensors and runs none of the SavedModel's functions."""
+    import tensorflow as tf
+
+    if not (folder / "keras_metadata.pb").is_file():
+        raise ModelImportError(f"{model_safety.printable(folder.name)} has no Keras config (keras_metadata.pb), only "
+                               "graphs; import refused (use --trust-model-code if you trust this file)")
+    root = next((node for node in model_safety.keras_metadata(folder).nodes if node.node_path == "root"), None)
+    if root is None:
+        raise ModelImportError(f"{model_safety.printable(folder.name)} has no root model in keras_metadata.pb")
+    network = from_keras_config(root.metadata)
+    status = tf.train.Checkpoint(root=network).read(str(folder / "variables" / "variables"))
+    status.assert_existing_objects_matched()  # every variable of the model came from the file
+    status.expect_partial()  # an optimizer's slots and the like are not needed
+    return network
+
+
+def from_keras_config(text: str) -> Any:
+    """A tf-keras model from a JSON `{"class_name", "config"}` (the format tf-keras itself decodes), in safe mode."""
+    from tf_keras.src.saving.legacy import model_config
+    from tf_keras.src.saving.legacy.saved_model import json_utils
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    decoded = json_utils.decode(text)
+    with SafeModeScope(True):
+        return model_config.model_from_config({"class_name": decoded["class_name"], "config": decoded["config"]})
 
 
 def convert_or_keep(stored: StoredModel, scaling: str, data: Dataset | None, workdir: Path,

@@ -1,8 +1,11 @@
 """Scan a legacy model (Keras 2 `.h5`, tf-keras SavedModel) for code before anything in it is deserialized.
 
 A Lambda layer in an `.h5` file is marshalled Python bytecode, run when the file is loaded; a custom
-class runs whatever its module says; a SavedModel graph can read, write and list files when it runs.
+class runs whatever its module says; a SavedModel graph can read, write and list files when it runs; an
+HDF5 dataset can keep its bytes in another file, which HDF5 reads when the weights are read.
 These functions only parse the files (JSON with h5py, protobuf messages): nothing is loaded or called.
+A clean file is then rebuilt from its Keras config with only its variables read (training.importer), so
+the op scan below is a second line: no graph from the file runs without --trust-model-code.
 Each finding is a short string such as "Lambda layer 'lambda'" or "op WriteFile"; no findings = clean.
 """
 
@@ -44,8 +47,8 @@ EXTRA_DENYLIST = frozenset({
     "WriteRawProtoSummary", "ImportEvent",
     # debugger ops dump tensors to file:// or grpc:// URLs
     "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
-    # running functions elsewhere
-    "RemoteCall",
+    # running functions elsewhere, datasets rebuilt from a serialized graph, other file readers
+    "RemoteCall", "DatasetFromGraph", "DeserializeIterator", "RecordInput", "FixedUnigramCandidateSampler",
 })
 OP_DENYLIST = TF_SCAN_DENYLIST | EXTRA_DENYLIST
 # Every SavedModel has these in its own save/restore functions; anywhere else they write or read files.
@@ -56,6 +59,14 @@ CHECKPOINT_READ_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})
 CONFIG_HELPERS = frozenset({"Functional", "Model", "Sequential", "InputSpec", "TensorShape", "TypeSpec",
                             "TensorSpec", "__tuple__", "__ellipsis__", "__slice__", "Policy"})
 CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
+# What tf-keras writes for an object whose class it could not save: it revives one from the saved graphs.
+PLAIN_CLASSES = frozenset({"Layer"})
+# keras_metadata.pb nodes of compiled metrics: never revived when the model is rebuilt from its config.
+METRIC_IDENTIFIER = "_tf_keras_metric"
+# Filters built into the HDF5 library (and h5py's LZF); any other id makes HDF5 load a plugin library.
+BUILTIN_HDF5_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
+# Layer config keys whose string value is a file the layer reads when it is built (a vocabulary file).
+FILE_CONFIG_KEYS = frozenset({"vocabulary"})
 # TFOpLambda layers (tf-keras functional models built with raw TF calls) name a TF API symbol: only pure math.
 SAFE_TF_SYMBOL_PREFIXES = ("math.", "nn.", "__operators__.")
 SAFE_TF_SYMBOLS = frozenset({"cast", "reshape", "concat", "stack", "transpose", "expand_dims", "squeeze",
@@ -66,7 +77,13 @@ KERAS_PACKAGES = ("keras", "tf_keras")
 def refusal(path: Path, findings: list[str]) -> str:
     """The one-line refusal that names what was found (the first few, then a count)."""
     shown = ", ".join(findings[:4]) + (f" and {len(findings) - 4} more" if len(findings) > 4 else "")
-    return f"{path.name} holds code: {shown}; import refused (use --trust-model-code if you trust this file)"
+    return printable(f"{path.name} holds code: {shown}; import refused (use --trust-model-code if you trust this file)")
+
+
+def printable(text: str, limit: int = 600) -> str:
+    """Names come from the file: escape what is not printable, so a refusal stays one line, and cut it."""
+    text = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def scan_model(path: Path, model_format: str) -> list[str]:
@@ -82,36 +99,115 @@ def scan_model(path: Path, model_format: str) -> list[str]:
 
 
 def scan_h5(path: Path) -> list[str]:
-    """Read the `model_config` attribute as JSON (h5py only, nothing deserialized) and check every object."""
+    """Check the file's HDF5 structure and its `model_config` (read with h5py as JSON, nothing deserialized)."""
     import h5py
 
     try:
-        with h5py.File(path, "r") as file:
-            raw = file.attrs.get("model_config")
+        file = h5py.File(path, "r")
     except OSError:
         return []  # not HDF5 at all: the loader says so, with nothing in it to run
-    if raw is None:
-        return []  # weights only: the loader refuses it, and there is no config to run
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    with file:
+        findings = hdf5_findings(file)
+        try:
+            text = model_config_text(file)
+        except ValueError as error:
+            return dedupe([*findings, str(error)])
+    if text is None:
+        return findings  # weights only: the loader refuses it, and there is no config to run
+    return dedupe([*findings, *config_text_findings(text)])
+
+
+def model_config_text(file: Any) -> str | None:
+    """The `model_config` attribute as text, None when there is none; ValueError (a finding) when it is no text."""
     try:
-        return scan_config(json.loads(text))
-    except json.JSONDecodeError:
+        raw = file.attrs.get("model_config")
+    except (OSError, UnicodeDecodeError, TypeError, ValueError):
+        raise ValueError("a model config that cannot be read") from None
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("a model config that is not UTF-8") from None
+    if raw is not None and not isinstance(raw, str):
+        raise ValueError("a model config that is not text")
+    return raw
+
+
+def config_text_findings(text: str) -> list[str]:
+    """Findings of a JSON model config; one that is not JSON or not a Keras object is a finding itself."""
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError):
         return ["a model config that is not JSON"]
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        return ["a model config that is not a Keras model"]
+    return scan_config(config)
+
+
+def hdf5_findings(file: Any) -> list[str]:
+    """Links out of the file's own tree and datasets whose bytes HDF5 would fetch from elsewhere."""
+    import h5py
+
+    findings: list[str] = []
+
+    def visit(name: str, link: Any) -> None:
+        if isinstance(link, h5py.SoftLink):
+            findings.append(f"HDF5 soft link '{name}'")
+        elif isinstance(link, h5py.ExternalLink):
+            findings.append(f"HDF5 external link '{name}' (to another file)")
+        elif isinstance(dataset := file.get(name), h5py.Dataset):
+            findings.extend(dataset_findings(name, dataset))
+
+    file.visititems_links(visit)  # hard links are followed, soft and external ones only reported
+    return findings
+
+
+def dataset_findings(name: str, dataset: Any) -> list[str]:
+    """A dataset stored in other files (external storage, virtual) or behind a filter HDF5 loads as a plugin."""
+    import h5py
+
+    plist = dataset.id.get_create_plist()
+    findings = []
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        findings.append(f"HDF5 virtual dataset '{name}' (its data is in other files)")
+    if plist.get_external_count():
+        findings.append(f"HDF5 external storage for '{name}' (its data is in another file)")
+    filters = {plist.get_filter(index)[0] for index in range(plist.get_nfilters())}
+    findings += [f"HDF5 filter {code} on '{name}' (a plugin library)" for code in sorted(filters - BUILTIN_HDF5_FILTERS)]
+    return findings
 
 
 def scan_keras_metadata(folder: Path) -> list[str]:
-    """Check the Keras layer configs a tf-keras SavedModel keeps in keras_metadata.pb, if it has one."""
-    metadata_file = folder / "keras_metadata.pb"
-    if not metadata_file.is_file():
+    """Check the Keras objects a tf-keras SavedModel keeps in keras_metadata.pb, if it has one: every layer
+    and model needs a config of built-in classes, or tf-keras would revive it from the file's graphs."""
+    if not (folder / "keras_metadata.pb").is_file():
         return []
+    try:
+        nodes = [(node.identifier, json.loads(node.metadata)) for node in keras_metadata(folder).nodes]
+    except Exception:  # noqa: BLE001 - a corrupt file is a finding, not a crash
+        return ["an unreadable keras_metadata.pb"]
+    return dedupe(finding for identifier, metadata in nodes for finding in node_findings(identifier, metadata))
+
+
+def keras_metadata(folder: Path) -> Any:
+    """The parsed keras_metadata.pb of a SavedModel folder (a protobuf message; nothing is revived)."""
     from tf_keras.protobuf import saved_metadata_pb2
 
     metadata = saved_metadata_pb2.SavedMetadata()
-    try:
-        metadata.ParseFromString(metadata_file.read_bytes())
-        return dedupe(finding for node in metadata.nodes for finding in scan_config(json.loads(node.metadata)))
-    except Exception:  # noqa: BLE001 - a corrupt file is a finding, not a crash
+    metadata.ParseFromString((folder / "keras_metadata.pb").read_bytes())
+    return metadata
+
+
+def node_findings(identifier: str, metadata: Any) -> list[str]:
+    """One keras_metadata.pb node: the object and its config (a compiled model's metrics are never revived)."""
+    if identifier == METRIC_IDENTIFIER:
+        return []
+    if not isinstance(metadata, dict):
         return ["an unreadable keras_metadata.pb"]
+    name = metadata.get("name") if isinstance(metadata.get("name"), str) else "?"
+    if not isinstance(metadata.get("config"), dict):
+        return [f"'{name}' saved without a config"]
+    return scan_config({"class_name": metadata.get("class_name"), "config": metadata["config"]})
 
 
 def scan_config(config: Any) -> list[str]:
@@ -142,7 +238,10 @@ def object_findings(obj: dict[str, Any]) -> list[str]:
         return []
     if class_name in CODE_LAYERS:
         return [f"{class_name} layer '{name}'"]
-    findings = []
+    if class_name in PLAIN_CLASSES:
+        return [f"plain {class_name} '{name}' (its class was not saved)"]
+    findings = [f"{class_name} '{name}' reads its {key} from a file" for key in sorted(FILE_CONFIG_KEYS)
+                if isinstance(config.get(key), str)]
     if class_name not in builtin_class_names():
         findings.append(f"custom class '{class_name}' ('{name}')")
     module = obj.get("module")
