@@ -18,11 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,73 +28,13 @@ import yaml
 
 from benchmarks.harness import HOST, free_port
 from conftest import PROJECT_ROOT, ModelStore, assert_same_answer, metadata_json
+from deploy.containers import container_name, podman, running, wait_ready
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
-PODMAN_ENV = {
-    "CONTAINERS_CONF": str(PROJECT_ROOT / "deploy" / "podman" / "containers.conf"),
-    "CONTAINERS_STORAGE_CONF": str(PROJECT_ROOT / "deploy" / "podman" / "storage.conf"),
-}
 PHOTOS = sorted((PROJECT_ROOT / "tests" / "fixtures" / "images-tiny" / "test").rglob("*.jpg"))
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this CI reaches the package index through a TLS-inspecting proxy
-
-
-def podman(*args: str, timeout: float = 180, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """podman with the project's settings (deploy/podman/), output captured."""
-    result = subprocess.run(["podman", *args], env={**os.environ, **PODMAN_ENV}, input=stdin,
-                            capture_output=True, text=True, timeout=timeout)
-    assert not check or result.returncode == 0, f"podman {' '.join(args)} -> {result.returncode}: {result.stderr[-3000:]}"
-    return result
-
-
-def wait_ready(url: str, timeout: float, running: Callable[[], bool]) -> float:
-    """Seconds until GET url/readyz answers 200; fails at once when `running()` turns False."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        assert running(), "the container exited before it was ready"
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready in {timeout:.0f}s")
-
-
-@dataclass(frozen=True)
-class Container:
-    name: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def state(self, field: str) -> str:
-        return podman("inspect", "--format", "{{.State.%s}}" % field, self.name).stdout.strip()
-
-    def logs(self) -> str:
-        result = podman("logs", self.name)
-        return result.stdout + result.stderr
-
-    def wait_ready(self, timeout: float = 240) -> float:
-        try:
-            return wait_ready(self.url, timeout, lambda: self.state("Running") == "true")
-        except (AssertionError, TimeoutError) as exc:
-            raise AssertionError(f"{exc}:\n{self.logs()[-3000:]}") from None
-
-
-@contextmanager
-def running(image: str, **env: str) -> Iterator[Container]:
-    """`podman run -d --network=host -e BENTOML_PORT=<free port>` (publishing ports is not needed on loopback)."""
-    box = Container(f"cifar-test-{uuid.uuid4().hex[:8]}", free_port())
-    settings = [f"--env={key}={value}" for key, value in {"BENTOML_PORT": str(box.port), **env}.items()]
-    podman("run", "--detach", "--name", box.name, "--network=host", *settings, image)
-    try:
-        yield box
-    finally:
-        podman("rm", "--force", "--time", "0", box.name, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +106,7 @@ def test_podman_stop_lets_an_in_flight_batch_finish(image: str) -> None:
 
 
 def test_a_bad_setting_stops_the_container_with_one_line(image: str) -> None:
-    name = f"cifar-test-{uuid.uuid4().hex[:8]}"
+    name = container_name()
     try:
         result = podman("run", "--name", name, "--network=host", f"--env=BENTOML_PORT={free_port()}",
                         "--env=CIFAR10_MAX_BATCH_SIZE=0", image, check=False)
