@@ -18,12 +18,12 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from importlib.util import find_spec
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from training.data import RawSplits
+from training.splits import RawSplits
 
 CACHE_ENV = "CIFAR_SERVE_CACHE"
 # Bump when the cache file's layout changes; the decoder's own changes are caught by hashing its source.
@@ -32,6 +32,9 @@ ARRAYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 CHUNK = 1 << 20
 # The most recently used sources kept (about 185 MB each for the full data set); older ones are removed.
 KEEP = 4
+# The modules whose code turns files into arrays: their source is part of every key. They are found, not
+# imported (training.data imports this module).
+DECODERS = ("contract.images", "training.data")
 
 
 def cache_dir() -> Path:
@@ -47,12 +50,11 @@ def decoder_version() -> str:
     version, so a change to any of them never serves arrays the new code would not produce."""
     import PIL
 
-    import contract.images
-    import training.data
-
     digest = hashlib.sha256(f"format {FORMAT_VERSION}; pillow {PIL.__version__}".encode())
-    for module in (contract.images, training.data):
-        digest.update(Path(str(module.__file__)).read_bytes())
+    for module in DECODERS:
+        spec = find_spec(module)
+        assert spec is not None and spec.origin is not None, module
+        digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()
 
 
@@ -102,8 +104,6 @@ def cache_file(key: str) -> Path:
 
 def load(key: str) -> RawSplits | None:
     """The cached arrays, or None when absent or unreadable (a damaged file is decoded again, never trusted)."""
-    from training.data import RawSplits
-
     try:
         with np.load(cache_file(key), allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in ARRAYS}

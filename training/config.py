@@ -106,4 +106,4 @@ class TrainConfig(BaseModel):
     @property
     def recipe(self) -> Recipe:
         """The `--model` recipe carrying this run's l2, dropout and augmentation (resolve the config first)."""
-        return RECIPES[self.model].with_config(self)
+        return RECIPES[self.model].with_choices(self.l2, self.dropout, self.augment)

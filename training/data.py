@@ -13,6 +13,8 @@ import numpy as np
 from contract.card import CIFAR10_CLASSES
 from contract.images import ImageError
 from contract.images import decode_image as decode_image_bytes
+from training import cache as decoded_cache
+from training.splits import RawSplits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
@@ -36,15 +38,6 @@ class Dataset:
 
     def sizes(self) -> dict[str, int]:
         return {"train_size": len(self.y_train), "val_size": len(self.y_val), "test_size": len(self.y_test)}
-
-
-@dataclass
-class RawSplits:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str]
 
 
 def load_dataset(source: str | None, validation_split: float, seed: int, limit: int | None = None,
@@ -107,11 +100,7 @@ def read_source(source: str | None, cache: bool = False) -> RawSplits:
     if path.is_file() and not path.name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"unknown data layout: {path} is neither a folder nor a .tar.gz archive")
     read = read_archive if path.is_file() else read_folder
-    if not cache:
-        return read(path)
-    from training import cache as decoded_cache
-
-    return decoded_cache.cached(path, read)
+    return decoded_cache.cached(path, read) if cache else read(path)
 
 
 def read_keras_download() -> RawSplits:

@@ -2,18 +2,15 @@
 
 Models, optimizers and callbacks read these objects; nothing else states a recipe's numbers. The
 `training` part holds the defaults a flag can override: `TrainConfig.resolved()` fills each flag the
-user left unset from it, and `Recipe.with_config` puts the resolved values back for the builders.
+user left unset from it, and `Recipe.with_choices` puts the resolved values back for the builders.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import Self
-
-if TYPE_CHECKING:
-    from training.config import TrainConfig
 
 ModelName = Literal["cnn", "cnn-bn", "mlp", "fast"]
 OptimizerName = Literal["adam", "sgd", "rmsprop", "adamw"]
@@ -106,9 +103,10 @@ class Recipe(Frozen):
     bf16_on_cpu: bool = False
     preprocessing: str
 
-    def with_config(self, config: TrainConfig) -> Self:
-        """This recipe with the run's resolved l2, dropout and augmentation, for the model builders."""
-        chosen = {"l2": config.l2, "dropout": config.dropout, "augment": config.augment}
+    def with_choices(self, l2: float | None, dropout: float | None, augment: bool | None) -> Self:
+        """This recipe with a run's l2, dropout and augmentation (None keeps the recipe's), for the model
+        builders; plain values, so recipes need not know the config that holds them."""
+        chosen = {"l2": l2, "dropout": dropout, "augment": augment}
         training = self.training.model_copy(update={k: v for k, v in chosen.items() if v is not None})
         return self.model_copy(update={"training": training})
 
