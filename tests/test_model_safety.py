@@ -383,6 +383,10 @@ def test_configs_that_are_no_keras_model_or_read_files_are_findings() -> None:
     assert config_text_findings("[1, 2]") == ["a model config that is not a Keras model"]
     lookup = {"class_name": "StringLookup", "config": {"name": "words", "vocabulary": "/etc/passwd"}}
     assert config_text_findings(json.dumps(lookup)) == ["StringLookup 'words' reads its vocabulary from a file"]
+    unsaved = {"class_name": "Hidden", "name": "h", "config": {"layer was saved without config": True}}
+    assert config_text_findings(json.dumps({"class_name": "Functional", "config": {"layers": [unsaved]}})) == [
+        "'h' saved without a config"
+    ]
     line = refusal(Path("x.h5"), ["Lambda layer 'a\nb\x1b[2J'"])
     assert "\n" not in line and "\x1b" not in line and "'a\\nb\\x1b[2J'" in line, line
 
@@ -405,6 +409,10 @@ def test_private_copy_is_private_and_follows_no_link(built: dict[str, Path], tmp
     os.mkfifo(linked / "variables" / "extra")
     with pytest.raises(ModelImportError, match=r"^linked/variables/extra is not a plain file or folder"):
         private_copy(linked, tmp_path / "copy3", "tf-keras-savedmodel")
+    (linked / "variables" / "extra").unlink()
+    os.link(tmp_path / "copy" / "harmless_savedmodel" / "saved_model.pb", linked / "variables" / "extra")
+    with pytest.raises(ModelImportError, match=r"^linked/variables/extra is a hard link to a file elsewhere"):
+        private_copy(linked, tmp_path / "copy4", "tf-keras-savedmodel")
 
 
 # --- train-cifar import ----------------------------------------------------------------------------

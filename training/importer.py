@@ -78,8 +78,12 @@ def detect_format(path: Path) -> str:
 
 
 def check_shapes(network: Any) -> None:
-    input_shape = tuple(network.inputs[0].shape)[1:]
-    output_shape = tuple(network.outputs[0].shape)[1:]
+    """CIFAR-10 shapes in and out; a model with no defined input (a Sequential without one) is refused too."""
+    try:
+        input_shape = tuple(network.inputs[0].shape)[1:]
+        output_shape = tuple(network.outputs[0].shape)[1:]
+    except (AttributeError, TypeError, IndexError):
+        raise ModelImportError("the model has no defined input and output (no Input layer?)") from None
     if input_shape != (32, 32, 3):
         raise ModelImportError(f"the model takes inputs of shape {input_shape}, not 32x32x3 images")
     if output_shape != (10,):
@@ -163,8 +167,12 @@ def private_copy(path: Path, folder: Path, model_format: str) -> Path:
 
 
 def copy_entry(descriptor: int, target: Path, shown: str, depth: int) -> None:
-    """Copy an open file or folder to `target`; a FIFO, device or socket is no model file."""
-    mode = os.fstat(descriptor).st_mode
+    """Copy an open file or folder to `target`; a FIFO, device or socket is no model file, and a file in a
+    folder with a second name (a hard link) could feed another file's bytes into the weights."""
+    info = os.fstat(descriptor)
+    mode = info.st_mode
+    if stat.S_ISREG(mode) and depth > 0 and info.st_nlink > 1:
+        raise ModelImportError(f"{model_safety.printable(shown)} is a hard link to a file elsewhere; import refused")
     if stat.S_ISREG(mode):
         with os.fdopen(descriptor, "rb", closefd=False) as source, open(target, "xb") as copy:
             shutil.copyfileobj(source, copy, 1 << 20)
@@ -236,8 +244,8 @@ def rebuild_savedmodel(folder: Path) -> Any:
     import tensorflow as tf
 
     if not (folder / "keras_metadata.pb").is_file():
-        raise ModelImportError(f"{model_safety.printable(folder.name)} has no Keras config (keras_metadata.pb), only "
-                               "graphs; import refused (use --trust-model-code if you trust this file)")
+        raise ModelImportError(f"{model_safety.printable(folder.name)} has no Keras config (keras_metadata.pb), "
+                               "only graphs: it is no tf-keras model; import refused")
     root = next((node for node in model_safety.keras_metadata(folder).nodes if node.node_path == "root"), None)
     if root is None:
         raise ModelImportError(f"{model_safety.printable(folder.name)} has no root model in keras_metadata.pb")

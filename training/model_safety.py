@@ -59,8 +59,10 @@ CHECKPOINT_READ_OPS = frozenset({"RestoreV2", "Restore", "RestoreSlice"})
 CONFIG_HELPERS = frozenset({"Functional", "Model", "Sequential", "InputSpec", "TensorShape", "TypeSpec",
                             "TensorSpec", "__tuple__", "__ellipsis__", "__slice__", "Policy"})
 CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
-# What tf-keras writes for an object whose class it could not save: it revives one from the saved graphs.
+# What tf-keras writes for an object whose class or config it could not save: it revives one from the
+# saved graphs.
 PLAIN_CLASSES = frozenset({"Layer"})
+UNSAVED_CONFIG_KEY = "layer was saved without config"
 # keras_metadata.pb nodes of compiled metrics: never revived when the model is rebuilt from its config.
 METRIC_IDENTIFIER = "_tf_keras_metric"
 # Filters built into the HDF5 library (and h5py's LZF); any other id makes HDF5 load a plugin library.
@@ -107,7 +109,10 @@ def scan_h5(path: Path) -> list[str]:
     except OSError:
         return []  # not HDF5 at all: the loader says so, with nothing in it to run
     with file:
-        findings = hdf5_findings(file)
+        try:
+            findings = hdf5_findings(file)
+        except (OSError, RuntimeError, KeyError, ValueError):  # a damaged object tree is a finding, not a crash
+            findings = ["an unreadable HDF5 object tree"]
         try:
             text = model_config_text(file)
         except ValueError as error:
@@ -172,8 +177,8 @@ def dataset_findings(name: str, dataset: Any) -> list[str]:
         findings.append(f"HDF5 virtual dataset '{name}' (its data is in other files)")
     if plist.get_external_count():
         findings.append(f"HDF5 external storage for '{name}' (its data is in another file)")
-    filters = {plist.get_filter(index)[0] for index in range(plist.get_nfilters())}
-    findings += [f"HDF5 filter {code} on '{name}' (a plugin library)" for code in sorted(filters - BUILTIN_HDF5_FILTERS)]
+    plugins = {plist.get_filter(index)[0] for index in range(plist.get_nfilters())} - BUILTIN_HDF5_FILTERS
+    findings += [f"HDF5 filter {code} on '{name}' (a plugin library)" for code in sorted(plugins)]
     return findings
 
 
@@ -207,7 +212,7 @@ def node_findings(identifier: str, metadata: Any) -> list[str]:
     name = metadata.get("name") if isinstance(metadata.get("name"), str) else "?"
     if not isinstance(metadata.get("config"), dict):
         return [f"'{name}' saved without a config"]
-    return scan_config({"class_name": metadata.get("class_name"), "config": metadata["config"]})
+    return scan_config({"class_name": metadata.get("class_name"), "config": metadata["config"], "name": name})
 
 
 def scan_config(config: Any) -> list[str]:
@@ -238,6 +243,8 @@ def object_findings(obj: dict[str, Any]) -> list[str]:
         return []
     if class_name in CODE_LAYERS:
         return [f"{class_name} layer '{name}'"]
+    if config.get(UNSAVED_CONFIG_KEY):
+        return [f"'{name}' saved without a config"]
     if class_name in PLAIN_CLASSES:
         return [f"plain {class_name} '{name}' (its class was not saved)"]
     findings = [f"{class_name} '{name}' reads its {key} from a file" for key in sorted(FILE_CONFIG_KEYS)
