@@ -181,6 +181,28 @@ def test_the_recipe_is_the_single_source_of_its_numbers(tmp_path: Path, monkeypa
         assert not {"l2", "dropout", "augment", "widths"} & set(inspect.signature(builder).parameters)
 
 
+def test_the_store_name_follows_the_model_unless_given() -> None:
+    from training.config import TrainConfig
+
+    names = {model: TrainConfig(model=model).resolved().name for model in ("cnn", "cnn-bn", "mlp", "fast")}
+    assert names == {"cnn": "cifar10-cnn", "cnn-bn": "cifar10-cnn-bn", "mlp": "cifar10-mlp", "fast": "cifar10-fast"}
+    assert TrainConfig(model="fast", name="mine").resolved().name == "mine"
+
+
+def test_plots_mark_their_points_so_a_one_epoch_run_shows() -> None:
+    import matplotlib.pyplot as plt
+
+    from training import report
+
+    one_epoch = {"loss": [2.1], "accuracy": [0.2], "val_loss": [2.0], "val_accuracy": [0.25], "learning_rate": [1e-3]}
+    for figure in (report.curves_figure(one_epoch, "one epoch"),
+                   report.comparison_figure({"adam": one_epoch, "sgd": {"loss": [2.2], "accuracy": [0.1]}}, "two")):
+        lines = [line for axes in figure.axes for line in axes.lines]
+        assert len(lines) >= 3 and all(len(line.get_xdata()) == 1 for line in lines)
+        assert all(line.get_marker() not in (None, "", " ", "None") for line in lines), figure
+        plt.close(figure)
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
@@ -231,6 +253,7 @@ def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: d
     assert "optimizer comparison" in result.stdout
     rows = json.loads((out / "comparison.json").read_text())
     assert [row["optimizer"] for row in rows] == ["adam", "sgd", "adamw"]
+    assert all(row["tag"].startswith("cifar10-mlp:") for row in rows)  # the store name follows --model
     assert (out / "comparison.png").stat().st_size > 10_000
     assert len(stored_models(store_env)) == 3
     for row in rows:

@@ -16,6 +16,12 @@ KERAS_DEFAULT_LR: dict[str, float] = {"adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3
 KERAS_ADAMW_WEIGHT_DECAY = 0.004
 
 
+def store_name(model: str) -> str:
+    """The model store name of a recipe's models, unless --name says otherwise: each recipe has its own, so a
+    fast run never becomes the latest cifar10-cnn the service serves by default."""
+    return f"cifar10-{model}"
+
+
 class TrainConfig(BaseModel):
     """One training run. `None` means "the recipe's (or Keras') default", filled by `resolved()`."""
 
@@ -54,7 +60,7 @@ class TrainConfig(BaseModel):
     reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
     reduce_lr_patience: int = Field(3, ge=1)
     min_lr: float = Field(1e-6, ge=0)
-    name: str = Field("cifar10-cnn", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="None = store_name(model)")
     output: Path | None = None
     distribute: Distribute = "none"
     mixed_precision: bool | None = None
@@ -71,6 +77,7 @@ class TrainConfig(BaseModel):
         values = self.model_dump()
         optimizer = self.optimizer or str(recipe.get("optimizer", "adam"))
         values["optimizer"] = optimizer
+        values["name"] = self.name or store_name(self.model)
         for key, value in recipe.items():
             if values.get(key) is None:
                 values[key] = value

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -42,24 +43,38 @@ def per_class_scores(matrix: np.ndarray, class_names: list[str]) -> dict[str, di
     }
 
 
+# Every line marks its points: a one-epoch run is one point, which a line alone would not draw.
+POINT = {"marker": "o", "markersize": 4}
+
+
 def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
     """Accuracy, loss and learning rate per epoch, train and validation."""
+    save_figure(curves_figure(history, title), path)
+
+
+def curves_figure(history: dict[str, list[float]], title: str) -> Figure:
+    """The figure of `plot_curves`, returned so it can be checked before it becomes pixels."""
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, metric in zip(axes[:2], ("accuracy", "loss")):
-        ax.plot(epochs, history.get(metric, []), label=f"train {metric}")
+        ax.plot(epochs, history.get(metric, []), label=f"train {metric}", **POINT)
         if f"val_{metric}" in history:
-            ax.plot(epochs, history[f"val_{metric}"], label=f"validation {metric}")
+            ax.plot(epochs, history[f"val_{metric}"], label=f"validation {metric}", **POINT)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
         ax.grid(alpha=0.3)
-    axes[2].plot(epochs, history.get("learning_rate", []), color="tab:green")
+    axes[2].plot(epochs, history.get("learning_rate", []), color="tab:green", **POINT)
     axes[2].set_yscale("log")
     axes[2].set_xlabel("epoch")
     axes[2].set_title("learning rate")
     axes[2].grid(alpha=0.3)
     fig.suptitle(title)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Lay out, write and close a figure (pyplot keeps every open figure alive until it is closed)."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -78,27 +93,28 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path
                 color="white" if count > threshold else "black")
     fig.colorbar(image, ax=ax)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_comparison(histories: dict[str, dict[str, list[float]]], path: Path, title: str) -> None:
     """Validation accuracy and loss of several runs, overlaid."""
+    save_figure(comparison_figure(histories, title), path)
+
+
+def comparison_figure(histories: dict[str, dict[str, list[float]]], title: str) -> Figure:
+    """The figure of `plot_comparison`; without validation data, the training curves stand in."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for label, history in histories.items():
         for ax, metric in zip(axes, ("val_accuracy", "val_loss")):
             values = history.get(metric) or history.get(metric.removeprefix("val_"), [])
-            ax.plot(np.arange(1, len(values) + 1), values, label=label)
+            ax.plot(np.arange(1, len(values) + 1), values, label=label, **POINT)
     for ax, metric in zip(axes, ("validation accuracy", "validation loss")):
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def evaluation_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
