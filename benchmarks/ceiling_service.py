@@ -9,7 +9,6 @@ service could reach on this machine with a free model.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,9 @@ from starlette.responses import JSONResponse
 
 from contract.card import CIFAR10_CLASSES
 from contract.images import ImageError
-from service.answers import classification, decode_bytes, decode_upload, error_response
+from service.answers import classification, error_response, read_files
+from service.decoding import Decoder
+from service.errors import RequestError
 from service.inputs import ClassifyInput
 from service.schemas import Classification
 from service.service import SETTINGS, CIFAR10Classifier
@@ -32,29 +33,30 @@ class CeilingClassifier:
     """/classify decodes the upload like the real service and answers without a model."""
 
     def __init__(self) -> None:
-        self.decode_pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="cifar10-decode")
+        self.decoder = Decoder(SETTINGS.decode_threads, SETTINGS.max_image_pixels, SETTINGS.large_image_pixels,
+                               SETTINGS.max_large_images)
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput)
     async def classify(self, image: Path, top_k: int = 3, model: str | None = None) -> Classification:
         """Decode the upload (as the real service does), then a fixed answer instead of the model."""
         try:
-            await decode_upload(self.decode_pool, image, SETTINGS.max_image_pixels)
-        except ImageError as exc:
+            await self.decoder.decode(await read_files([image]))
+        except (ImageError, RequestError) as exc:
             return error_response(exc)
         return classification(FIXED_PROBABILITIES, CIFAR10_CLASSES, top_k, SETTINGS.model_tag)
 
     async def classify_bytes(self, data: bytes, top_k: int, model: str | None) -> Any:
         """The raw-body path (`service.raw_body`, among the middleware copied below), without a model."""
         try:
-            await decode_bytes(self.decode_pool, data, SETTINGS.max_image_pixels)
-        except ImageError as exc:
+            await self.decoder.decode([data])
+        except (ImageError, RequestError) as exc:
             return error_response(exc)
         answer = classification(FIXED_PROBABILITIES, CIFAR10_CLASSES, top_k, SETTINGS.model_tag)
         return JSONResponse(answer.model_dump(mode="json"))
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
 
 
 # The real service's own ASGI middleware (body limits, and whatever else it adds), in the same order.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,6 +19,11 @@ SIZE = (32, 32)
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 FORMAT_LIST = "PNG, JPEG, GIF, BMP, WebP, TIFF, PPM"
 DEFAULT_MAX_PIXELS = 40_000_000  # width * height; the service's CIFAR10_MAX_IMAGE_PIXELS default
+# A tile or strip may exceed the image it belongs to (TIFF tiles are multiples of 16), but not by much.
+MIN_BLOCK_PIXELS = 512 * 512
+TIFF_TILE_WIDTH, TIFF_TILE_LENGTH, TIFF_ROWS_PER_STRIP = 322, 323, 278
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+HIGH_DEPTH_WORK_SIZE = (SIZE[0] * 4, SIZE[1] * 4)  # high bit depths are shrunk to this before scaling
 # We enforce our own (lower) pixel limit before decoding, so Pillow's warning is only log noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -30,8 +36,26 @@ class ImageError(ValueError):
         self.status_code = status_code
 
 
+@dataclass
+class OpenedImage:
+    """An image whose header passed every check, ready to decode; `pixels` is what decoding will hold."""
+
+    image: Image.Image
+    data: bytes
+    pixels: int
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode any supported image to RGB 32x32 uint8, whatever its format, mode or size."""
+    return decode_opened(open_image(data, max_pixels))
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> OpenedImage:
+    """Read the header only and check what decoding would cost, before any pixel is decoded.
+
+    The size, every tile or strip the decoder allocates (a 1x1 TIFF may declare one 32768x32768 tile)
+    and the JPEG draft scale are settled here; only the first frame of GIF, TIFF or WebP is ever decoded.
+    """
     if not data:
         raise ImageError("empty file (0 bytes): expected an image")
     try:
@@ -42,21 +66,54 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageError(f"image has too many pixels (limit {max_pixels})") from None
     except Exception as exc:  # Pillow raises many types for malformed headers
         raise ImageError(f"could not read image header: {_reason(exc)}") from None
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
+    try:
+        _check_pixels(image, max_pixels)
+        image.draft("RGB", (SIZE[0] * 4, SIZE[1] * 4))  # JPEG: decode at reduced scale, much faster
+    except BaseException:
+        image.close()
+        raise
+    return OpenedImage(image, data, image.size[0] * image.size[1])
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    """The image, and each block its decoder allocates at once, within `max_pixels` and the image."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+    for block_width, block_height in _decoder_blocks(image):
+        block = block_width * block_height
+        if block > max(width * height, MIN_BLOCK_PIXELS) or block > max_pixels:
             raise ImageError(
-                f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+                f"{image.format} image of {width}x{height} pixels declares a {block_width}x{block_height} "
+                f"tile or strip: refused (a decompression bomb)"
             )
+
+
+def _decoder_blocks(image: Image.Image) -> list[tuple[int, int]]:
+    """Sizes of what the decoder fills at once: every tile's extent, and TIFF's own tiles and strips
+    (libtiff allocates a whole tile, whatever part of it the image uses)."""
+    blocks = [(x1 - x0, y1 - y0) for _, (x0, y0, x1, y1), *_ in image.tile]
+    tags = getattr(image, "tag_v2", None)
+    if image.format == "TIFF" and tags is not None:
+        width, height = image.size
+        if TIFF_TILE_WIDTH in tags or TIFF_TILE_LENGTH in tags:
+            blocks.append((int(tags.get(TIFF_TILE_WIDTH, width)), int(tags.get(TIFF_TILE_LENGTH, height))))
+        rows = int(tags.get(TIFF_ROWS_PER_STRIP, height))
+        blocks.append((width, min(rows, height)))
+    return blocks
+
+
+def decode_opened(opened: OpenedImage) -> np.ndarray:
+    """Decode a checked image to RGB 32x32 uint8 (the costly part: run it off the event loop)."""
+    with opened.image as image:
         if image.format == "PNG":
-            _verify_png(data)
+            _verify_png(opened.data)
         try:
-            image.draft("RGB", (SIZE[0] * 4, SIZE[1] * 4))  # JPEG: decode at reduced scale, much faster
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image))
             small = rgb.resize(SIZE, Image.Resampling.LANCZOS, reducing_gap=3.0)
         except Image.DecompressionBombError:
-            raise ImageError(f"image has too many pixels (limit {max_pixels})") from None
+            raise ImageError(f"image has too many pixels ({image.size[0]}x{image.size[1]})") from None
         except Exception as exc:
             raise ImageError(f"could not decode {image.format} image (truncated or corrupt?): {_reason(exc)}") from None
     return np.asarray(small, dtype=np.uint8)
@@ -110,7 +167,7 @@ def _verify_png(data: bytes) -> None:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to RGB: transparency over white, 16-bit and float scaled rather than clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode in HIGH_DEPTH_MODES:
         image = _high_depth_to_l(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -124,7 +181,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
-    """16-bit/int/float grey to 8-bit by range: a plain convert would clip most pixels to white."""
+    """16-bit/int/float grey to 8-bit by range: a plain convert would clip most pixels to white.
+
+    The image is shrunk in its own mode first (box filter), so the float arithmetic touches a few
+    thousand pixels, never a float64 copy of the full image."""
+    width, height = image.size
+    target = (min(width, HIGH_DEPTH_WORK_SIZE[0]), min(height, HIGH_DEPTH_WORK_SIZE[1]))
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BOX)
     array = np.asarray(image).astype(np.float64)
     if image.mode == "F":
         top = 1.0 if array.size and np.nanmax(array) <= 1.0 else 255.0

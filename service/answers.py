@@ -4,24 +4,22 @@ benchmark, so both do exactly the same work around the model call."""
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from starlette.responses import JSONResponse
 
-from contract.images import decode_image
 from service.schemas import Classification, Prediction
 
 
 def error_response(exc: Exception, index: int | None = None) -> Any:
-    """A 4xx JSON answer for an error with a `status_code` (a bad image, an unknown model);
-    BentoML passes a returned Response through unchanged."""
+    """A 4xx (or 503) JSON answer for an error with a `status_code` (a bad image, an unknown model, a
+    full worker, with its `headers`); BentoML passes a returned Response through unchanged."""
     body: dict[str, Any] = {"error": str(exc) if index is None else f"images[{index}]: {exc}"}
     if index is not None:
         body["index"] = index
-    return JSONResponse(body, status_code=getattr(exc, "status_code", 400))
+    return JSONResponse(body, status_code=getattr(exc, "status_code", 400), headers=getattr(exc, "headers", None))
 
 
 def unavailable(exc: Exception) -> Any:
@@ -29,18 +27,9 @@ def unavailable(exc: Exception) -> Any:
     return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
 
-def read_and_decode(path: Path, max_pixels: int) -> np.ndarray:
-    return decode_image(Path(path).read_bytes(), max_pixels)
-
-
-async def decode_upload(pool: Executor, path: Path, max_pixels: int) -> np.ndarray:
-    """Pillow work runs in a thread pool: the event loop must stay free for other requests."""
-    return await asyncio.get_running_loop().run_in_executor(pool, read_and_decode, path, max_pixels)
-
-
-async def decode_bytes(pool: Executor, data: bytes, max_pixels: int) -> np.ndarray:
-    """`decode_upload` for bytes already in memory (the raw-body and v2 paths)."""
-    return await asyncio.get_running_loop().run_in_executor(pool, decode_image, data, max_pixels)
+async def read_files(paths: list[Path]) -> list[bytes]:
+    """Uploaded files (BentoML's temporary copies) read in a thread: the event loop stays free."""
+    return await asyncio.to_thread(lambda: [Path(path).read_bytes() for path in paths])
 
 
 def classification(probabilities: np.ndarray, class_names: list[str], top_k: int, model: str) -> Classification:

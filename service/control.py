@@ -7,22 +7,65 @@ have switched, so every answer after a load returns comes from the new version.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field, ValidationError
+
 logger = logging.getLogger("bentoml.service.cifar10")
 POLL_S = 0.2  # how often a worker looks for a new wanted state
+CONTROL_DIR_ENV = "CIFAR10_CONTROL_DIR"  # set by the server's main process, inherited by its workers
 Wanted = dict[str, "str | None"]  # store name -> version to serve, or None: unloaded
+_REPORTED: set[str] = set()
 
 
-def server_folder() -> Path:
-    """One folder per running server: its workers share their parent process (BentoML's arbiter)."""
-    return Path(tempfile.gettempdir()) / f"cifar10-serve-{os.getppid()}"
+class ControlFolderError(RuntimeError):
+    """The shared folder is missing or not private: following it could be steered by someone else."""
+
+
+class WantedState(BaseModel):
+    """wanted.json: the versions every worker should serve, and a generation that grows with each change."""
+
+    generation: int = Field(ge=0)
+    models: dict[str, str | None]
+
+
+class Acknowledged(BaseModel):
+    """worker-<n>.json: the generation that worker applied last."""
+
+    generation: int = Field(ge=0)
+
+
+def create_control_folder() -> Path:
+    """In the server's main process, before its workers start: a private folder (0700, a random name)
+    removed at exit; its path reaches the workers through the environment they inherit."""
+    folder = Path(tempfile.mkdtemp(prefix="cifar10-control-"))
+    os.environ[CONTROL_DIR_ENV] = str(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def control_folder() -> Path:
+    """The folder this worker shares with the others, refused unless it is a directory (not a link) of
+    this user that no one else may read or write."""
+    raw = os.environ.get(CONTROL_DIR_ENV, "")
+    if not raw:
+        raise ControlFolderError(f"{CONTROL_DIR_ENV} is not set: start the server with bentoml serve")
+    try:
+        info = os.lstat(raw)
+    except OSError as error:
+        raise ControlFolderError(f"{CONTROL_DIR_ENV}={raw}: {error.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ControlFolderError(f"{CONTROL_DIR_ENV}={raw} must be a directory of this user with mode 0700")
+    return Path(raw)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -31,10 +74,17 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(temporary, path)  # readers see the old file or the new one, never half of one
 
 
-def read_json(path: Path) -> Any:
+def read_state(path: Path, model: type[BaseModel]) -> Any:
+    """The file as `model`, or None if it is absent; a malformed one is logged and read as absent."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as error:
+        problem = f"ignoring {path.name}: {' '.join(str(error).split())[:200]}"
+        if problem not in _REPORTED:  # once, not every poll
+            _REPORTED.add(problem)
+            logger.warning(problem)
         return None
 
 
@@ -43,7 +93,6 @@ class SharedControl:
         self.folder = folder
         self.worker = worker
         self.workers = workers
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.seen = 0  # the generation this worker applied last
 
     @property
@@ -51,24 +100,26 @@ class SharedControl:
         return self.folder / "wanted.json"
 
     def wanted(self) -> tuple[int, Wanted]:
-        state = read_json(self.wanted_file) or {}
-        return int(state.get("generation", 0)), dict(state.get("models", {}))
+        state = read_state(self.wanted_file, WantedState)
+        return (state.generation, dict(state.models)) if state is not None else (0, {})
 
     def publish(self, name: str, version: str | None) -> int:
-        """Record a change (after this worker made it); returns its generation."""
+        """Record a change (after this worker made it); returns its generation, past any this worker has
+        seen (so a change follows even an unreadable file)."""
         generation, models = self.wanted()
         models[name] = version
-        write_json(self.wanted_file, {"generation": generation + 1, "models": models})
-        self.acknowledge(generation + 1)
-        return generation + 1
+        generation = max(generation, self.seen) + 1
+        write_json(self.wanted_file, WantedState(generation=generation, models=models).model_dump())
+        self.acknowledge(generation)
+        return generation
 
     def acknowledge(self, generation: int) -> None:
         self.seen = generation
         write_json(self.folder / f"worker-{self.worker}.json", {"generation": generation})
 
     def switched(self, generation: int) -> bool:
-        acks = [read_json(self.folder / f"worker-{i}.json") or {} for i in range(1, self.workers + 1)]
-        return all(ack.get("generation", 0) >= generation for ack in acks)
+        acks = [read_state(self.folder / f"worker-{i}.json", Acknowledged) for i in range(1, self.workers + 1)]
+        return all(ack is not None and ack.generation >= generation for ack in acks)
 
     async def wait_for_all(self, generation: int, timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -85,7 +136,8 @@ class SharedControl:
             if generation > self.seen:
                 try:
                     await apply(models)
-                except Exception:  # keep serving what works; the requesting worker reports the time-out
-                    logger.exception("worker %d could not apply model state %d", self.worker, generation)
+                except Exception as error:  # keep serving what works; the requesting worker reports the time-out
+                    logger.warning("worker %d could not apply model state %d: %s", self.worker, generation,
+                                   str(error).splitlines()[0] if str(error) else type(error).__name__)
                 self.acknowledge(generation)
             await asyncio.sleep(POLL_S)

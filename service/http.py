@@ -1,4 +1,5 @@
-"""ASGI middleware: a request-body size limit (413) and one-line messages for BentoML's 400s.
+"""ASGI middleware: a request-body size limit (413), a budget of body bytes in flight per worker (503),
+work dropped when its client hangs up, and one-line messages for BentoML's 400s.
 
 Pure ASGI so it works with `Service.add_asgi_middleware`; it sits inside BentoML's metrics and
 access-log middleware, so rejected requests are still counted.
@@ -6,10 +7,14 @@ access-log middleware, so rejected requests are still counted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.admission import Budget, Overloaded
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 DRAIN_FACTOR = 4  # read (and drop) up to this many times the limit so the client sees the 413
@@ -26,36 +31,105 @@ async def send_json(
 
 
 class LimitsMiddleware:
-    """Reject bodies over `max_body_bytes` (declared or streamed) and rewrite validation 400s."""
+    """Reject bodies over `max_body_bytes` (413), hold every body against the worker's budget of bytes in
+    flight until it is answered (503 with Retry-After past it), stop work for clients that hang up, and
+    rewrite validation 400s."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_inflight_bytes: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # never below one body: a single request that fits the body limit must be able to run alone
+        self.in_flight = Budget(max(max_inflight_bytes or DRAIN_FACTOR * max_body_bytes, max_body_bytes),
+                                "bytes of request bodies")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = f"request body is over the limit of {self.max_body_bytes} bytes"
+        send = _plain_errors_as_json(send, scope)
+        if scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            if declared <= DRAIN_FACTOR * self.max_body_bytes:
-                await drain(receive, declared)
-            await send_json(send, 413, {"error": f"{too_large} (Content-Length {declared})"})
+            drain_budget = declared if declared <= DRAIN_FACTOR * self.max_body_bytes else 0
+            await refuse(receive, send, drain_budget, 413, f"{self.too_large} (Content-Length {declared})")
             return
+        held = [0]  # bytes taken from the budget so far, given back once the request is answered
+        try:
+            body = await self.read_body(receive, send, declared, held)
+            if body is not None:
+                await run_until_disconnect(self.app, scope, receive, body,
+                                           _rewrite_validation_errors(send, scope["path"]))
+        finally:
+            self.in_flight.give_back(held[0])
+
+    @property
+    def too_large(self) -> str:
+        return f"request body is over the limit of {self.max_body_bytes} bytes"
+
+    async def read_body(self, receive: Receive, send: Send, declared: int | None, held: list[int]) -> bytes | None:
+        """The whole body, held against the budget (its declared length at once, else as it arrives);
+        None once it has been answered here (413, 503) or the client left."""
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await drain(receive, DRAIN_FACTOR * self.max_body_bytes - len(body))
-                await send_json(send, 413, {"error": too_large})
-                return
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(bytes(body), receive), _rewrite_validation_errors(send, scope["path"]))
+        try:
+            if declared:
+                self.in_flight.take(declared)
+                held[0] = declared
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                body += message.get("body", b"")
+                if len(body) > self.max_body_bytes:
+                    await refuse(receive, send, DRAIN_FACTOR * self.max_body_bytes - len(body), 413, self.too_large)
+                    return None
+                if len(body) > held[0]:
+                    self.in_flight.take(len(body) - held[0])
+                    held[0] = len(body)
+                if not message.get("more_body", False):
+                    return bytes(body)
+        except Overloaded as exc:
+            await refuse(receive, send, (declared or self.max_body_bytes) - len(body), 503, str(exc), exc.headers)
+            return None
+
+
+async def refuse(receive: Receive, send: Send, drain_budget: int, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+    """Read (and drop) what is left of the body, up to a budget, so the client sees the answer."""
+    await drain(receive, drain_budget)
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send_json(send, status, {"error": message}, extra)
+
+
+async def run_until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, body: bytes, send: Send) -> None:
+    """Run the app on a body already read, and cancel it if the client hangs up first: its decoding
+    and model work is dropped (queued images never reach the model) instead of computed for no one."""
+    disconnected = asyncio.Event()
+
+    async def replay() -> Message:  # the body once, then (as ASGI says) a disconnect when it comes
+        nonlocal body
+        if body is not None:
+            message, body = {"type": "http.request", "body": body, "more_body": False}, None
+            return message
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    work = asyncio.ensure_future(app(scope, replay, send))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -77,17 +151,28 @@ async def drain(receive: Receive, budget: int) -> None:
         budget -= len(message.get("body", b""))
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
+PLAIN_ERRORS = {404: "no route {path}", 405: "{method} is not allowed here"}
 
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
 
-    return replay
+def _plain_errors_as_json(send: Send, scope: Scope) -> Send:
+    """BentoML's own router answers an unknown path (`/ui/../classify` too) or method in plain text:
+    the same JSON error shape as every other answer instead."""
+    held: Message | None = None  # the start of a plain-text answer being replaced
+
+    async def wrapped(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] in PLAIN_ERRORS:
+            if dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"text/plain"):
+                held = message
+                return
+        if held is None:
+            await send(message)
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            text = PLAIN_ERRORS[held["status"]].format(path=scope["path"], method=scope["method"])
+            kept = [(k, v) for k, v in held.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
+            await send_json(send, held["status"], {"error": text}, kept)  # 405 keeps its Allow header
+
+    return wrapped
 
 
 def _rewrite_validation_errors(send: Send, path: str = "") -> Send:

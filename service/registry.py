@@ -90,10 +90,11 @@ class ModelRegistry:
 
     async def swap(self, name: str, version: str | None = None) -> ServedModel:
         """Load `name:version` (newest if None) beside the running one, then switch to it atomically."""
+        tag = checked_tag(name, version)
         self._swap_lock = self._swap_lock or asyncio.Lock()
         async with self._swap_lock:  # one load at a time per worker
             loop = asyncio.get_running_loop()
-            served = await loop.run_in_executor(self._loader, self.load_for_swap, f"{name}:{version or 'latest'}")
+            served = await loop.run_in_executor(self._loader, self.load_for_swap, tag)
             old = self.models.get(name)
             self.add(served)
         if old is not None and old.tag != served.tag:
@@ -112,8 +113,8 @@ class ModelRegistry:
         except UntrustedModel as error:
             raise ModelError(str(error), 400) from None
         except Exception as error:  # a broken entry: the file's fault, not the server's
-            logger.exception("loading %s failed", tag)
-            raise ModelError(f"model {tag!r} could not be loaded: {str(error).splitlines()[0]}", 400) from None
+            logger.warning("loading %s failed: %s", tag, short_reason(error))
+            raise ModelError(f"model {tag!r} could not be loaded: {short_reason(error)}", 400) from None
 
     async def unload(self, name: str) -> None:
         served = self.get(name)
@@ -124,3 +125,18 @@ class ModelRegistry:
     async def close(self, timeout: float) -> None:
         await asyncio.gather(*(served.batcher.close(timeout=timeout) for served in self.models.values()))
         self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+def checked_tag(name: str, version: str | None) -> str:
+    """`name:version` (newest if None) as a valid store tag; anything else (`../..`) is a 400 here,
+    before the store is asked."""
+    import bentoml
+
+    try:
+        return str(bentoml.Tag(name, version or "latest"))
+    except ValueError as error:
+        raise ModelError(str(error), 400) from None
+
+
+def short_reason(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__

@@ -35,8 +35,8 @@ def server_version() -> str:
         return "unknown"
 
 
-def error(message: str, status_code: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
+def error(message: str, status_code: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
 
 
 async def get_metadata(request: Request) -> JSONResponse:
@@ -98,13 +98,11 @@ async def infer(request: Request) -> Response:
     service = bentoml.get_current_service()
     body = await request.body()
     try:
-        parsed = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH), service.settings.max_batch_files)
-        served_model(request)  # unknown model or version: 404 before any decoding
-        images = parsed.images if parsed.images is not None else await service.decode_files(parsed.files or [])
-        served, probabilities = await service.predict(images, request.path_params["name"],
-                                                      request.path_params.get("version"))
+        parsed = await v2.read_infer_request(body, request.headers.get(v2.HEADER_LENGTH), service.settings.max_batch_files)
+        served, probabilities = await service.infer(request.path_params["name"], request.path_params.get("version"),
+                                                    files=parsed.files, images=parsed.images)
     except RequestError as exc:
-        return error(str(exc), exc.status_code)
+        return error(str(exc), exc.status_code, getattr(exc, "headers", None))
     except ImageError as exc:
         return error(f"{v2.FILES_INPUT}: {exc}", exc.status_code)
     except BatcherClosed as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,20 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
-from contract.images import ImageError
 from contract.predictor import UntrustedModel, check_trust, read_card
-from service.answers import classification, decode_bytes, decode_upload, error_response, unavailable
+from service.admission import Budget
+from service.answers import classification, error_response, read_files, unavailable
 from service.auth import ApiKeyMiddleware
-from service.control import SharedControl, Wanted, server_folder
+from service.control import (CONTROL_DIR_ENV, ControlFolderError, SharedControl, Wanted, control_folder,
+                             create_control_folder)
 from service.batching import BatcherClosed, power_of_two_sizes
 from service.device import Device, configure_device, keras_backend
+from service.decoding import Decoder, FileError
 from service.http import LimitsMiddleware
 from service.inputs import ClassifyBatchInput, ClassifyInput
+from service.memory import return_large_blocks_to_the_os
 from service.raw_body import RawBodyMiddleware
-from service.errors import ModelError
+from service.errors import ModelError, RequestError
 from service.registry import ModelRegistry, ServedModel
 from service.routes import build_app
 from service.schemas import BatchingSettings, Classification, Limits, ModelMetadata
@@ -57,10 +60,24 @@ def declare_model(tag: str) -> bentoml.models.BentoModel:
     return model
 
 
+def shares_model_control() -> bool:
+    return SETTINGS.model_control and SETTINGS.workers > 1
+
+
 SETTINGS = service_settings()
 MODELS = [declare_model(tag) for tag in SETTINGS.model_tags]
+if shares_model_control() and bentoml.server_context.worker_index is None and CONTROL_DIR_ENV not in os.environ:
+    create_control_folder()  # the server's main process: its workers inherit the folder's path
 
 _METRICS: tuple[Any, Any] | None = None
+
+
+def private_control_folder() -> Path:
+    """The server's control folder; one line and no start if it is not private."""
+    try:
+        return control_folder()
+    except ControlFolderError as error:
+        raise bentoml.exceptions.BentoMLException(str(error)) from None
 
 
 def _metrics(max_batch_size: int) -> tuple[Any, Any]:
@@ -94,23 +111,27 @@ class CIFAR10Classifier:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
+        return_large_blocks_to_the_os()
         self.device: Device = configure_device(bentoml.server_context.worker_index, SETTINGS.inference_threads)
         batch_sizes, self.images_counter = _metrics(SETTINGS.max_batch_size)
         self.registry = ModelRegistry(SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.trust_model_code,
                                       batch_sizes.observe)
-        self.decode_pool = ThreadPoolExecutor(SETTINGS.decode_threads, thread_name_prefix="cifar10-decode")
+        self.decoder = Decoder(SETTINGS.decode_threads, SETTINGS.max_image_pixels, SETTINGS.large_image_pixels,
+                               SETTINGS.max_large_images)
+        self.images_in_flight = Budget(SETTINGS.max_inflight_images, "images")
         self._ready = False
         for model in MODELS:
             self.registry.add(self.registry.load(str(model.stored.tag)))
         self.control = (
-            SharedControl(server_folder(), bentoml.server_context.worker_index or 1, SETTINGS.workers)
-            if SETTINGS.model_control and SETTINGS.workers > 1 else None
+            SharedControl(private_control_folder(), bentoml.server_context.worker_index or 1, SETTINGS.workers)
+            if shares_model_control() else None
         )
         self._ready = True
         logger.info("serving %s on %s", ", ".join(m.tag for m in self.registry.models.values()), self.device)
 
     def __is_ready__(self) -> bool:
-        return self._ready
+        """Ready once warmed up, and only while at least one model is served."""
+        return self._ready and bool(self.registry.models)
 
     @bentoml.on_startup
     async def _follow_model_control(self) -> None:
@@ -180,20 +201,15 @@ class CIFAR10Classifier:
             limits=Limits(max_body_bytes=SETTINGS.max_body_bytes, max_image_pixels=SETTINGS.max_image_pixels),
         )
 
-    async def decode_files(self, files: list[bytes]) -> np.ndarray:
-        """Encoded images -> one uint8 batch; the first bad file raises."""
-        return np.stack(await asyncio.gather(
-            *(decode_bytes(self.decode_pool, data, SETTINGS.max_image_pixels) for data in files)
-        ))
-
-    async def classify_bytes(self, data: bytes, top_k: int, model: str | None) -> Any:
-        """/classify with the image as the raw body (`service.raw_body`): decoded in memory, same answers."""
-        try:
-            array = await decode_bytes(self.decode_pool, data, SETTINGS.max_image_pixels)
-        except ImageError as exc:
-            return error_response(exc)
-        answer = await self._answer(array[None], top_k, model)
-        return JSONResponse(answer[0].model_dump(mode="json")) if isinstance(answer, list) else answer
+    async def infer(self, model: str | None, version: str | None, *, files: list[bytes] | None = None,
+                    images: np.ndarray | None = None) -> tuple[ServedModel, np.ndarray]:
+        """Probabilities for encoded files (decoded here) or decoded images, holding their place in this
+        worker's budget of images in flight from decoding to the answer (503 when it is full)."""
+        with self.images_in_flight.hold(len(files) if files is not None else len(images)):
+            self.registry.get(model, version)  # an unknown model or version: 404 before any decoding
+            if files is not None:
+                images = await self.decoder.decode(files)
+            return await self.predict(images, model, version)
 
     async def predict(self, images: np.ndarray, model: str | None = None,
                       version: str | None = None) -> tuple[ServedModel, np.ndarray]:
@@ -207,17 +223,23 @@ class CIFAR10Classifier:
         self.images_counter.inc(len(images))
         return served, probabilities
 
-    async def _classify(self, images: np.ndarray, top_k: int, model: str | None) -> list[Classification]:
-        served, probabilities = await self.predict(images, model)
-        return [classification(row, served.predictor.class_names, top_k, served.tag) for row in probabilities]
-
-    async def _answer(self, images: np.ndarray, top_k: int, model: str | None) -> Any:
+    async def classify_files(self, files: list[bytes], top_k: int, model: str | None, indexed: bool = False) -> Any:
+        """The answers for encoded image files, or the one error answer (`indexed`: a bad file's names
+        its index, as /classify_batch answers)."""
         try:
-            return await self._classify(images, top_k, model)
-        except ModelError as exc:
+            served, probabilities = await self.infer(model, None, files=files)
+        except FileError as exc:
+            return error_response(exc, exc.index if indexed else None)
+        except RequestError as exc:
             return error_response(exc)
         except BatcherClosed as exc:
             return unavailable(exc)
+        return [classification(row, served.predictor.class_names, top_k, served.tag) for row in probabilities]
+
+    async def classify_bytes(self, data: bytes, top_k: int, model: str | None) -> Any:
+        """/classify with the image as the raw body (`service.raw_body`): decoded in memory, same answers."""
+        answer = await self.classify_files([data], top_k, model)
+        return JSONResponse(answer[0].model_dump(mode="json")) if isinstance(answer, list) else answer
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput)
     async def classify(self, image: Path, top_k: int = 3, model: str | None = None) -> Classification:
@@ -225,41 +247,32 @@ class CIFAR10Classifier:
 
         The image may also be the whole body (Content-Type image/* or application/octet-stream, `top_k`
         and `model` in the query string): that cheaper path is answered by `service.raw_body`."""
-        try:
-            array = await decode_upload(self.decode_pool, image, SETTINGS.max_image_pixels)
-        except ImageError as exc:
-            return error_response(exc)
-        answer = await self._answer(array[None], top_k, model)
+        answer = await self.classify_files(await read_files([image]), top_k, model)
         return answer[0] if isinstance(answer, list) else answer
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput)
     async def classify_batch(self, images: list[Path], top_k: int = 3, model: str | None = None) -> list[Classification]:
         """Classify several images (multipart field `images`, repeated); answers keep their order."""
-        decoded = await asyncio.gather(
-            *(decode_upload(self.decode_pool, path, SETTINGS.max_image_pixels) for path in images),
-            return_exceptions=True,
-        )
-        for index, result in enumerate(decoded):
-            if isinstance(result, ImageError):
-                return error_response(result, index)
-            if isinstance(result, BaseException):
-                raise result
-        return await self._answer(np.stack(decoded), top_k, model)
+        return await self.classify_files(await read_files(images), top_k, model, indexed=True)
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> ModelMetadata:
         """The default model and how it was trained (also answered by GET /metadata[?model=name])."""
-        return self.describe(self.registry.get())
+        try:
+            return self.describe(self.registry.get())
+        except ModelError as exc:  # no model served (all unloaded)
+            return error_response(exc)
 
     @bentoml.on_shutdown
     async def _shutdown(self) -> None:
         """Runs after the server stopped accepting and its open requests ended; queued work still finishes."""
         await self.registry.close(timeout=SHUTDOWN_DRAIN_S)
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()
 
 
 CIFAR10Classifier.models.extend(MODELS[1:])  # every served model is recorded (and packed) by `bentoml build`
 # The first added is the outermost: a request without the key is refused before its body is read.
 CIFAR10Classifier.add_asgi_middleware(ApiKeyMiddleware, api_key=SETTINGS.api_key, max_drain_bytes=SETTINGS.max_body_bytes)
-CIFAR10Classifier.add_asgi_middleware(LimitsMiddleware, max_body_bytes=SETTINGS.max_body_bytes)
+CIFAR10Classifier.add_asgi_middleware(LimitsMiddleware, max_body_bytes=SETTINGS.max_body_bytes,
+                                       max_inflight_bytes=SETTINGS.max_inflight_bytes)
 CIFAR10Classifier.add_asgi_middleware(RawBodyMiddleware, classify=lambda: bentoml.get_current_service().classify_bytes)

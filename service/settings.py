@@ -79,6 +79,10 @@ class Settings:
     max_image_pixels: int  # width * height before decoding (decompression bombs)
     max_body_bytes: int  # whole request body
     decode_threads: int  # Pillow decoding threads per worker
+    large_image_pixels: int  # an image over this (after JPEG's draft scale) decodes in the large lane
+    max_large_images: int  # large images a worker holds at once (decoding or waiting to)
+    max_inflight_bytes: int  # request bodies a worker holds at once
+    max_inflight_images: int  # images a worker holds at once, from decoding to the answer
     gpus: int  # GPUs on this machine (CUDA_VISIBLE_DEVICES, else the driver's list)
     workers: int  # API worker processes (CIFAR10_WORKERS); default one per GPU, else one
     inference_threads: int  # CPU threads for one model call; default half the cores
@@ -94,14 +98,20 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         gpus = gpu_count(env)
+        max_batch_size = _int_env(env, "CIFAR10_MAX_BATCH_SIZE", 64)
+        max_body_bytes = _int_env(env, "CIFAR10_MAX_BODY_BYTES", 10 * 1024 * 1024)
         return cls(
             model_tags=model_tags(env),
-            max_batch_size=_int_env(env, "CIFAR10_MAX_BATCH_SIZE", 64),
+            max_batch_size=max_batch_size,
             max_latency_ms=_int_env(env, "CIFAR10_MAX_LATENCY_MS", 2, minimum=0),
             max_batch_files=_int_env(env, "CIFAR10_MAX_BATCH_FILES", 64),
             max_image_pixels=_int_env(env, "CIFAR10_MAX_IMAGE_PIXELS", 40_000_000),
-            max_body_bytes=_int_env(env, "CIFAR10_MAX_BODY_BYTES", 10 * 1024 * 1024),
+            max_body_bytes=max_body_bytes,
             decode_threads=_int_env(env, "CIFAR10_DECODE_THREADS", min(4, os.cpu_count() or 1)),
+            large_image_pixels=_int_env(env, "CIFAR10_LARGE_IMAGE_PIXELS", 4_000_000),
+            max_large_images=_int_env(env, "CIFAR10_MAX_LARGE_IMAGES", 4),
+            max_inflight_bytes=_int_env(env, "CIFAR10_MAX_INFLIGHT_BYTES", 4 * max_body_bytes),
+            max_inflight_images=_int_env(env, "CIFAR10_MAX_INFLIGHT_IMAGES", 8 * max_batch_size),
             gpus=gpus,
             workers=_int_env(env, "CIFAR10_WORKERS", max(1, gpus)),
             inference_threads=_int_env(env, "CIFAR10_INFERENCE_THREADS", max(1, (os.cpu_count() or 2) // 2)),

@@ -7,6 +7,7 @@ strings). Every malformed request is a `ProtocolError`, answered as `{"error": .
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -23,6 +24,11 @@ IMAGES_INPUT = "images"  # UINT8 [N, 32, 32, 3]: decoded pixels
 FILES_INPUT = "image_files"  # BYTES [N]: encoded image files of any size and format
 OUTPUT = "probabilities"  # FP32 [N, classes]
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+# What a JSON header may hold, per image a request may carry: a nested UINT8 image [32, 32, 3] is
+# 1057 lists and 3072 values. Counted with bytes.count before parsing: a header of millions of empty
+# lists or strings is refused in microseconds instead of parsed for seconds.
+LISTS_PER_IMAGE, VALUES_PER_IMAGE, STRUCTURE_SLACK = 1100, 3100, 256
+INLINE_PARSE_BYTES = 64 * 1024  # bodies above this are parsed in a thread, off the event loop
 
 
 @dataclass
@@ -56,6 +62,17 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
+def check_json_size(header: bytes, max_images: int) -> None:
+    """Refuse a JSON header with more lists, objects or values than `max_images` images can need."""
+    counts = {"lists": header.count(b"["), "objects": header.count(b"{"), "values": header.count(b",")}
+    limits = {"lists": LISTS_PER_IMAGE * max_images + STRUCTURE_SLACK, "objects": STRUCTURE_SLACK,
+              "values": VALUES_PER_IMAGE * max_images + STRUCTURE_SLACK}
+    for what, count in counts.items():
+        if count > limits[what]:
+            raise ProtocolError(f"the JSON header holds {count} {what}, more than {max_images} images can need "
+                                f"({limits[what]}); send large tensors as binary data", 413)
+
+
 def parse_json(header: bytes) -> dict[str, Any]:
     try:
         request = json.loads(header)
@@ -66,9 +83,18 @@ def parse_json(header: bytes) -> dict[str, Any]:
     return request
 
 
-def parse_infer_request(body: bytes, header_length: str | None, max_files: int) -> InferRequest:
-    """One input tensor (`images` UINT8 or `image_files` BYTES) and the `probabilities` output."""
+async def read_infer_request(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
+    """`parse_infer_request`, in a thread when the body is large enough to hold the event loop."""
+    if len(body) <= INLINE_PARSE_BYTES:
+        return parse_infer_request(body, header_length, max_images)
+    return await asyncio.to_thread(parse_infer_request, body, header_length, max_images)
+
+
+def parse_infer_request(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
+    """One input tensor (`images` UINT8 or `image_files` BYTES, at most `max_images`) and the
+    `probabilities` output; the header's sizes are checked before any tensor data is parsed."""
     header, binary = split_body(body, header_length)
+    check_json_size(header, max_images)
     request = parse_json(header)
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -80,9 +106,9 @@ def parse_infer_request(body: bytes, header_length: str | None, max_files: int) 
     parsed = InferRequest(id=optional_id(request), output=requested_output(request))
     name, datatype, shape = tensor_header(tensor)
     if name == IMAGES_INPUT:
-        parsed.images = uint8_images(datatype, shape, tensor.get("data"), raw)
+        parsed.images = uint8_images(datatype, shape, tensor.get("data"), raw, max_images)
     elif name == FILES_INPUT:
-        parsed.files = image_files(datatype, shape, tensor.get("data"), raw, max_files)
+        parsed.files = image_files(datatype, shape, tensor.get("data"), raw, max_images)
     else:
         raise ProtocolError(f"unknown input {name!r}: expected {IMAGES_INPUT!r} or {FILES_INPUT!r}")
     return parsed
@@ -119,11 +145,13 @@ def take_binary(tensor: dict[str, Any], binary: bytes) -> tuple[bytes | None, by
     return binary[:size], binary[size:]
 
 
-def uint8_images(datatype: str, shape: list[int], data: Any, raw: bytes | None) -> np.ndarray:
+def uint8_images(datatype: str, shape: list[int], data: Any, raw: bytes | None, max_images: int) -> np.ndarray:
     if datatype != "UINT8":
         raise ProtocolError(f"input {IMAGES_INPUT!r} must be UINT8, not {datatype}")
-    if len(shape) != 4 or shape[1:] != [32, 32, 3] or shape[0] < 1:
-        raise ProtocolError(f"input {IMAGES_INPUT!r} must have shape [N, 32, 32, 3] with N >= 1, not {shape}")
+    if len(shape) != 4 or shape[1:] != [32, 32, 3] or not 1 <= shape[0] <= max_images:
+        raise ProtocolError(
+            f"input {IMAGES_INPUT!r} must have shape [N, 32, 32, 3] with 1 <= N <= {max_images}, not {shape}"
+        )
     count = int(np.prod(shape))
     if raw is not None:
         if len(raw) != count:
@@ -155,16 +183,20 @@ def image_files(datatype: str, shape: list[int], data: Any, raw: bytes | None, m
         raise ProtocolError(f"input {FILES_INPUT!r} must be BYTES, not {datatype}")
     if len(shape) != 1 or not 1 <= shape[0] <= max_files:
         raise ProtocolError(f"input {FILES_INPUT!r} must have shape [N] with 1 <= N <= {max_files}, not {shape}")
-    files = length_prefixed(raw) if raw is not None else base64_strings(data)
+    files = length_prefixed(raw, shape[0]) if raw is not None else base64_strings(data)
     if len(files) != shape[0]:
         raise ProtocolError(f"shape {shape} needs {shape[0]} image files, got {len(files)}")
     return files
 
 
-def length_prefixed(raw: bytes) -> list[bytes]:
-    """Triton's binary BYTES: each element a 4-byte little-endian length, then its bytes."""
-    items, offset = [], 0
+def length_prefixed(raw: bytes, count: int) -> list[bytes]:
+    """Triton's binary BYTES: each element a 4-byte little-endian length, then its bytes; at most
+    `count` elements are read (the shape's), whatever the data holds beyond them."""
+    items: list[bytes] = []
+    offset = 0
     while offset < len(raw):
+        if len(items) == count:
+            raise ProtocolError(f"BYTES data holds more than the {count} elements its shape declares")
         if offset + 4 > len(raw):
             raise ProtocolError("BYTES data ends inside an element's 4-byte length")
         (length,) = struct.unpack_from("<I", raw, offset)

@@ -187,7 +187,7 @@ def test_parser_refuses_without_a_server() -> None:
     header = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
                                      "parameters": {"binary_data_size": 99_999}}]}).encode()
     with pytest.raises(ProtocolError, match="binary_data_size"):
-        parse_infer_request(header + bytes(10), str(len(header)), max_files=8)
+        parse_infer_request(header + bytes(10), str(len(header)), max_images=8)
 
 
 def test_bad_files_as_bytes_tensor(cifar_server) -> None:

@@ -1,0 +1,80 @@
+"""Image files -> one uint8 batch, off the event loop, with every file's cost known before it is decoded.
+
+Headers are read first (cheap): a file over the pixel limit, or a bomb, is refused before any pixel is
+decoded. Small images (phone JPEGs decode at a reduced draft scale) go to the main decode threads;
+large ones to a lane of their own with a bounded number of places, so a flood of large images waits
+in its own line, or is refused with a quick 503, and never in front of everyone's small photos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from contract.images import ImageError, OpenedImage, decode_opened, open_image
+from service.admission import Budget
+from service.errors import RequestError
+
+Result = TypeVar("Result")
+
+
+class FileError(ImageError):
+    """A bad file in a request of several: `index` says which (0-based)."""
+
+    def __init__(self, index: int, error: ImageError) -> None:
+        super().__init__(str(error), error.status_code)
+        self.index = index
+
+
+class Decoder:
+    def __init__(self, threads: int, max_pixels: int, large_pixels: int, large_places: int) -> None:
+        self.max_pixels = max_pixels
+        self.large_pixels = large_pixels  # above this (after JPEG's draft scale) an image is large
+        self.large_places = Budget(large_places, "large images")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cifar10-decode")
+        self._large_pool = ThreadPoolExecutor(1, thread_name_prefix="cifar10-decode-large")
+
+    async def decode(self, files: list[bytes]) -> np.ndarray:
+        """All files, as (n, 32, 32, 3) uint8; the first bad file raises `FileError`."""
+        loop = asyncio.get_running_loop()
+        opened = await each([loop.run_in_executor(self._pool, open_image, data, self.max_pixels) for data in files])
+        large = sum(image.pixels > self.large_pixels for image in opened)
+        try:
+            self.large_places.take(large)
+        except RequestError:
+            for image in opened:
+                image.image.close()
+            raise
+        try:  # each image is closed by its decode
+            arrays = await each([self._decode_one(image) for image in opened])
+        finally:
+            self.large_places.give_back(large)
+        return np.stack(arrays)
+
+    async def _decode_one(self, image: OpenedImage) -> np.ndarray:
+        pool = self._large_pool if image.pixels > self.large_pixels else self._pool
+        return await asyncio.get_running_loop().run_in_executor(pool, decode_opened, image)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._large_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def each(calls: list[Awaitable[Result]]) -> list[Result]:
+    """Await every call; the first `ImageError` raises as a `FileError` once all have ended, so none
+    is left running, and images the others opened are closed."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failed = next(((i, r) for i, r in enumerate(results) if isinstance(r, BaseException)), None)
+    if failed is None:
+        return results  # type: ignore[return-value]
+    for result in results:
+        if isinstance(result, OpenedImage):
+            result.image.close()
+    index, error = failed
+    if isinstance(error, ImageError):
+        raise FileError(index, error) from None
+    raise error
