@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from clients.cli import app
 from clients.client import CIFAR10Client, ServiceError
 from conftest import LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, start_server, train_and_store
+from service.control import CONTROL_DIR_ENV
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -133,6 +135,11 @@ def test_every_worker_follows_a_load(own_store: ModelStore, image_bytes: dict[st
     server = start_server(own_store, tmp_path / "serve.log", CIFAR10_MODEL_CONTROL="1", CIFAR10_WORKERS="2")
     try:
         assert server.process.poll() is None, server.log_text()[-3000:]
+        folders = {worker.environ().get(CONTROL_DIR_ENV) for worker in server.worker_processes()}
+        assert len(folders) == 1, folders  # the workers share one, made by the server before they started
+        folder = Path(folders.pop())
+        assert folder.name.startswith("cifar10-control-") and str(server.process.pid) not in folder.name
+        assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.geteuid()
         new_tag = train_and_store(own_store.home, MODEL_NAME, seed=2)
         loaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", timeout=300)
         models = {classify_model(server.url, image_bytes["png"]) for _ in range(40)}
@@ -147,6 +154,7 @@ def test_every_worker_follows_a_load(own_store: ModelStore, image_bytes: dict[st
     assert models == {new_tag}
     assert unloaded.status_code == 200 and statuses == {404}
     assert workers == {"1", "2"}, "both workers loaded the new version"
+    assert not folder.exists(), "the control folder is removed when the server stops"
 
 
 def classify_model(url: str, data: bytes) -> str:
