@@ -27,6 +27,8 @@ ApiKeyOption = Annotated[
     Optional[str],
     typer.Option("--api-key", envvar="CIFAR10_API_KEY", show_envvar=True, help="API key, sent as 'Authorization: Bearer <key>'"),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the raw JSON")]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="a served model's name (default: the server's first)")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -34,23 +36,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-JsonOption = Annotated[bool, typer.Option("--json", help="print the raw JSON")]
-ModelOption = Annotated[Optional[str], typer.Option("--model", help="a served model's name (default: the server's first)")]
-
-
-def _client(url: Optional[str], timeout: float, api_key: Optional[str]) -> CIFAR10Client:
-    return CIFAR10Client(url or default_url(), timeout=timeout, api_key=api_key or "")
-
-
 @contextmanager
-def _calling(url: Optional[str]) -> Iterator[None]:
-    """The server's refusal or an unreachable server: one line on stderr, exit code 1."""
+def _connected(url: Optional[str], timeout: float, api_key: Optional[str]) -> Iterator[CIFAR10Client]:
+    """A client for the command; the server's refusal or an unreachable server: one line on stderr, exit code 1."""
+    url = url or default_url()
     try:
-        yield
+        with CIFAR10Client(url, timeout=timeout, api_key=api_key or "") as client:
+            yield client
     except ServiceError as exc:
         raise _fail(f"server refused the request: {exc}") from None
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the service at {url or default_url()}: {exc}") from None
+        raise _fail(f"cannot reach the service at {url}: {exc}") from None
 
 
 @app.command()
@@ -67,7 +63,7 @@ def classify(
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise _fail(f"no such file: {', '.join(missing)}")
-    with _calling(url), _client(url, timeout, api_key) as client:
+    with _connected(url, timeout, api_key) as client:
         if len(images) == 1:
             results = [client.classify(images[0], top_k, model)]
         else:
@@ -96,7 +92,7 @@ def metadata(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Show which model the service runs, how it was trained and where it infers."""
-    with _calling(url), _client(url, timeout, api_key) as client:
+    with _connected(url, timeout, api_key) as client:
         info = client.metadata(model)
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
@@ -108,7 +104,7 @@ def metadata(
         "created": info.creation_time.isoformat(timespec="seconds"),
         "architecture": f"{info.architecture} ({info.parameters:,} parameters)" if info.parameters else str(info.architecture),
         "optimizer": str(info.config.get("optimizer", info.labels.get("optimizer", "?"))),
-        "test accuracy": _metric(info.metrics.get("test_accuracy")),
+        "test accuracy": _metric(info.metrics, "test_accuracy"),
         "classes": ", ".join(info.class_names),
         "input": f"{info.input_shape} {info.input_dtype}",
         "preprocessing": str(info.preprocessing),
@@ -122,6 +118,12 @@ def metadata(
     console.print(table)
 
 
+def _metric(metrics: object, name: str) -> str:
+    """One metric as a percentage, from the card's typed metrics (or a plain dict of them)."""
+    value = metrics.get(name) if isinstance(metrics, dict) else getattr(metrics, name, None)
+    return f"{value:.2%}" if isinstance(value, float) else str(value)
+
+
 @app.command()
 def models(
     url: UrlOption = None,
@@ -130,7 +132,7 @@ def models(
     api_key: ApiKeyOption = None,
 ) -> None:
     """List the served models and their versions (the first is the default)."""
-    with _calling(url), _client(url, timeout, api_key) as client:
+    with _connected(url, timeout, api_key) as client:
         states = client.models()
     if as_json:
         typer.echo(json.dumps([state.model_dump(exclude_none=True) for state in states], indent=2))
@@ -152,7 +154,7 @@ def load(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Switch a served model to a newly stored version, with no downtime (server: CIFAR10_MODEL_CONTROL=1)."""
-    with _calling(url), _client(url, timeout, api_key) as client:
+    with _connected(url, timeout, api_key) as client:
         state = client.load(name, version)
     console.print(f"serving {state.name}:{state.version}")
 
@@ -165,13 +167,9 @@ def unload(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Take a model out of service (server: CIFAR10_MODEL_CONTROL=1)."""
-    with _calling(url), _client(url, timeout, api_key) as client:
+    with _connected(url, timeout, api_key) as client:
         state = client.unload(name)
     console.print(f"{state.name} is {state.state}")
-
-
-def _metric(value: object) -> str:
-    return f"{value:.2%}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

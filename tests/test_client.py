@@ -102,3 +102,136 @@ def test_cli_errors_are_one_line(cifar_server, tmp_path: Path) -> None:
     bad.write_bytes(b"text")
     refused = runner.invoke(app, ["classify", str(bad), "--url", cifar_server.url])
     assert refused.exit_code == 1 and "415" in refused.output and "not a supported image" in refused.output
+
+
+# In process, no server: both clients send the same request for each endpoint and read the answer the same way.
+
+CLASSIFIED = {"label": "cat", "confidence": 0.5, "top_k": [{"label": "cat", "probability": 0.5}], "model": "m:v"}
+ANSWERS: dict[str, object] = {
+    "/classify": CLASSIFIED,
+    "/classify_batch": [CLASSIFIED, CLASSIFIED],
+    "/v2/repository/index": [{"name": "m", "version": "v", "state": "READY"}],
+    "/v2/repository/models/m/load": {"name": "m", "version": "v2", "state": "READY"},
+    "/v2/repository/models/m/unload": {"name": "m", "state": "UNAVAILABLE"},
+    "/readyz": {"status": "ready"},
+}
+CALLS = [
+    ("classify", (b"raw image bytes",), {"top_k": 5, "model": "m"}),
+    ("classify_batch", ([b"one", b"two"],), {"model": "m"}),
+    ("models", (), {}),
+    ("load", ("m", "v2"), {}),
+    ("unload", ("m",), {}),
+    ("ready", (), {}),
+]
+
+
+def _fake_server(monkeypatch: pytest.MonkeyPatch, answer) -> list[httpx.Request]:
+    """Route both clients' requests to `answer(request)` instead of the network; returns what was sent."""
+    sent: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        request.read()
+        sent.append(request)
+        return answer(request)
+
+    async def handle_async(self: object, request: httpx.Request) -> httpx.Response:
+        return handle(request)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", lambda self, request: handle(request))
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", handle_async)
+    return sent
+
+
+def _error(exc: Exception) -> tuple[object, ...]:
+    return (type(exc), str(exc), getattr(exc, "status_code", None), getattr(exc, "message", None))
+
+
+def _both(calls: list[tuple[str, tuple, dict]], **settings: object) -> tuple[list[object], list[object]]:
+    """Each call's answer (or error) from the sync client, then from the async one."""
+
+    with CIFAR10Client(**settings) as client:
+        sync = []
+        for name, args, kwargs in calls:
+            try:
+                sync.append(getattr(client, name)(*args, **kwargs))
+            except (ServiceError, httpx.HTTPError) as exc:
+                sync.append(_error(exc))
+
+    async def run() -> list[object]:
+        async with AsyncCIFAR10Client(**settings) as client:
+            answers = []
+            for name, args, kwargs in calls:
+                try:
+                    answers.append(await getattr(client, name)(*args, **kwargs))
+                except (ServiceError, httpx.HTTPError) as exc:
+                    answers.append(_error(exc))
+            return answers
+
+    return sync, asyncio.run(run())
+
+
+def _described(request: httpx.Request) -> tuple[object, ...]:
+    content_type = request.headers.get("content-type", "")
+    boundary = content_type.partition("boundary=")[2].encode()
+    body = request.content.replace(boundary, b"B") if boundary else request.content
+    return (request.method, str(request.url), request.headers.get("authorization"), content_type.partition(";")[0],
+            body, request.extensions["timeout"]["read"])
+
+
+def test_both_clients_send_the_same_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        found = request.url.path in ANSWERS
+        return httpx.Response(200 if found else 404, json=ANSWERS.get(request.url.path, {"error": "not here"}))
+
+    sent = _fake_server(monkeypatch, answer)
+    monkeypatch.setenv("CIFAR10_URL", "http://service.test:3000/")
+    monkeypatch.setenv("CIFAR10_API_KEY", "env-key")
+    sync, asynchronous = _both(CALLS, timeout=7.0)
+    assert sync == asynchronous and sync[-1] is True and sync[3].version == "v2" and len(sync[1]) == 2
+    first, second = [_described(r) for r in sent[: len(CALLS)]], [_described(r) for r in sent[len(CALLS) :]]
+    assert first == second
+    # the raw-body /classify, the key from $CIFAR10_API_KEY, the URL from $CIFAR10_URL, no time limit on a swap
+    assert first[0] == ("POST", "http://service.test:3000/classify?top_k=5&model=m", "Bearer env-key",
+                        "application/octet-stream", b"raw image bytes", 7.0)
+    assert first[1][3] == "multipart/form-data" and b'name="images"; filename="image1"' in first[1][4]
+    assert [d[5] for d in first] == [7.0, 7.0, 7.0, None, None, 7.0]
+    assert first[3][4] == b'{"parameters":{"version":"v2"}}'
+    sent.clear()
+    missing = _both([("metadata", (), {"model": "x"})], url="http://other.test", api_key="")  # an empty key: no header
+    assert missing == ([(ServiceError, "HTTP 404: not here", 404, "not here")],) * 2
+    assert [(r.url, r.headers.get("authorization")) for r in sent] == [(httpx.URL("http://other.test/metadata?model=x"), None)] * 2
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (415, {"json": {"error": "not a supported image"}}, "not a supported image"),
+        (400, {"json": [{"error": "wrapped by BentoML"}]}, "wrapped by BentoML"),
+        (502, {"text": " bad gateway \n"}, "bad gateway"),
+        (500, {}, "Internal Server Error"),
+    ],
+)
+def test_both_clients_raise_the_server_error(monkeypatch: pytest.MonkeyPatch, status: int, body: dict, message: str) -> None:
+    _fake_server(monkeypatch, lambda request: httpx.Response(status, **body))
+    sync, asynchronous = _both(CALLS, url="http://service.test")
+    assert sync == asynchronous
+    assert sync[:-1] == [(ServiceError, f"HTTP {status}: {message}", status, message)] * (len(CALLS) - 1)
+    assert sync[-1] is False  # /readyz answers not ready, never an error
+
+
+def test_both_clients_when_the_server_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    _fake_server(monkeypatch, refuse)
+    sync, asynchronous = _both(CALLS, url="http://service.test")
+    assert sync == asynchronous
+    assert sync[:-1] == [(httpx.ConnectError, "connection refused", None, None)] * (len(CALLS) - 1) and sync[-1] is False
+
+
+def test_cli_metric_reads_typed_and_plain_metrics() -> None:
+    from clients.cli import _metric
+    from contract.card import Metrics
+
+    assert _metric(Metrics(test_accuracy=0.7034), "test_accuracy") == _metric({"test_accuracy": 0.7034}, "test_accuracy") == "70.34%"
+    assert _metric(Metrics(), "test_accuracy") == _metric({}, "test_accuracy") == "None"
