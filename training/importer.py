@@ -129,8 +129,9 @@ def import_model(
         if findings and not trust_model_code:
             raise ModelImportError(model_safety.refusal(path, findings))
         if findings:
-            warn(f"{path.name} holds code ({', '.join(findings)}); importing it anyway (--trust-model-code): "
-                 f"it stays {model_format}, and the service serves it only with CIFAR10_TRUST_MODEL_CODE=1")
+            warn(model_safety.printable(f"{path.name} holds code ({', '.join(findings)}); importing it anyway "
+                                        f"(--trust-model-code): it stays {model_format}, and the service serves "
+                                        "it only with CIFAR10_TRUST_MODEL_CODE=1", limit=2000))
         network = load_checked(source, model_format, bool(findings), path)
         scaling = guess_scaling(network, data) if input_scaling == "auto" else input_scaling
         stored = StoredModel(source, model_format, network, {})
