@@ -24,6 +24,9 @@ OFFICIAL = FIXTURES / "cifar-10-python-tiny.tar.gz"
 TREE = FIXTURES / "images-tiny"
 TREE_ARCHIVE = FIXTURES / "images-tiny.tar.gz"
 TRAIN_CIFAR = [sys.executable, "-c", "from training.cli import main; main()"]
+# train-cifar, saying on its last line of stdout whether TensorFlow was imported
+TRAIN_CIFAR_WATCHED = [sys.executable, "-c", "import sys\nfrom training.cli import main\ntry:\n    main()\nfinally:\n"
+                       "    print('tensorflow imported:', 'tensorflow' in sys.modules)"]
 QUICK = ["--epochs", "1", "--batch-size", "16"]
 
 
@@ -337,21 +340,64 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path: Path, store_env: dict[s
         (["--validation-split", "1.5"], "invalid value for --validation-split"),
         (["--epochs", "many"], "Invalid value for '--epochs'"),
         (["--resume", "/no/such/run"], "run folder not found"),
+        (["--resume", str(FIXTURES)], f"nothing to resume in {FIXTURES}: no config.json"),
+        (["--resume", str(FIXTURES / "images-tiny")], "nothing to resume in"),
+        (["import", str(OFFICIAL), "--data", "/no/such/cifar"], "data path not found: /no/such/cifar"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, store_env: dict[str, str]) -> None:
-    result = train_cifar(*args, env=store_env)
+    """A bad flag, data path or resume folder needs no TensorFlow to be found, so it fails before TensorFlow
+    loads: one line, exit code 2, in about a second instead of several."""
+    started = time.monotonic()
+    result = subprocess.run([*TRAIN_CIFAR_WATCHED, *args], cwd=ROOT, env=store_env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("train-cifar: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert result.stdout.splitlines()[-1] == "tensorflow imported: False", (result.stdout, time.monotonic() - started)
+
+
+HELP_WITH_CHANGED_RECIPE = """
+from training import recipes
+fast = recipes.FAST.training.model_copy(update={"epochs": 7, "label_smoothing": 0.3, "validation_split": 0.1})
+recipes.RECIPES["fast"] = recipes.FAST.model_copy(update={"training": fast})
+from typer.testing import CliRunner
+from training.cli import app
+print(CliRunner().invoke(app, ["--help"], terminal_width=1000).output)
+"""
+
+
+def test_help_defaults_follow_the_recipes() -> None:
+    """The help text states no default of its own: change a recipe and --help says the new numbers."""
+    result = subprocess.run([sys.executable, "-c", HELP_WITH_CHANGED_RECIPE], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "Maximum epochs. Default per model: cnn 50, cnn-bn 30, mlp 30, fast 7." in text
+    assert "Label smoothing. Default per model: cnn 0, cnn-bn 0.1, mlp 0, fast 0.3." in text
+    assert "held out for validation. Default 0.2 (fast: 0.1)." in text
+    assert "Default adam (fast: sgd)." in text and "cifar10-cnn, cifar10-cnn-bn, cifar10-mlp, cifar10-fast" in text
+
+
+def test_a_resume_folder_with_a_broken_config_is_one_line_before_tensorflow(tmp_path: Path,
+                                                                            store_env: dict[str, str]) -> None:
+    (tmp_path / "config.json").write_text('{"model": "resnet"}')
+    result = subprocess.run([*TRAIN_CIFAR_WATCHED, "--resume", str(tmp_path)], cwd=ROOT, env=store_env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [f"train-cifar: error: cannot resume from {tmp_path / 'config.json'}: "
+                                          "Input should be 'cnn', 'cnn-bn', 'mlp' or 'fast'"]
+    assert result.stdout.splitlines()[-1] == "tensorflow imported: False"
 
 
 def test_an_unknown_cpu_speedup_exits_2_before_tensorflow_loads(store_env: dict[str, str]) -> None:
-    result = train_cifar("--epochs", "1", env={**store_env, "CIFAR_SERVE_CPU_SPEEDUPS": "turbo"})
+    result = subprocess.run([*TRAIN_CIFAR_WATCHED, "--epochs", "1"], cwd=ROOT, capture_output=True, text=True,
+                            env={**store_env, "CIFAR_SERVE_CPU_SPEEDUPS": "turbo"}, timeout=300)
     assert result.returncode == 2
     assert "train-cifar: error: CIFAR_SERVE_CPU_SPEEDUPS='turbo': unknown speed-up 'turbo'" in result.stderr
     assert "Traceback" not in result.stderr and "tensorflow" not in result.stderr.lower()
+    assert result.stdout.splitlines()[-1] == "tensorflow imported: False"
 
 
 def test_a_first_run_starts_with_our_own_line_not_tensorflow_noise(tmp_path: Path, store_env: dict[str, str]) -> None:
@@ -369,7 +415,7 @@ def test_a_first_run_starts_with_our_own_line_not_tensorflow_noise(tmp_path: Pat
 
 
 def test_start_up_filter_drops_tensorflow_chatter_and_keeps_everything_else(capfd: pytest.CaptureFixture[str]) -> None:
-    from training.cli import filtered_stderr, is_tensorflow_noise
+    from training.tf_start import filtered_stderr, is_tensorflow_noise
 
     noise = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

@@ -94,13 +94,49 @@ def read_source(source: str | None, cache: bool = False) -> RawSplits:
     (the Keras download keeps its own cache)."""
     if source is None:
         return read_keras_download()
+    path = source_path(source)
+    read = read_archive if path.is_file() else read_folder
+    return decoded_cache.cached(path, read) if cache else read(path)
+
+
+def source_path(source: str) -> Path:
+    """The path of a --data source that exists and is a folder or an archive; anything else is a DataError."""
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data path not found: {path}")
     if path.is_file() and not path.name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"unknown data layout: {path} is neither a folder nor a .tar.gz archive")
-    read = read_archive if path.is_file() else read_folder
-    return decoded_cache.cached(path, read) if cache else read(path)
+    return path
+
+
+def check_source(source: str | None) -> None:
+    """Fail now on a --data source that cannot be read: a missing path, a file that is no archive, a folder
+    with neither layout. Nothing is decoded, so train-cifar runs this before TensorFlow loads; an archive's
+    members are checked when it is read."""
+    if source is None:
+        return
+    path = source_path(source)
+    if path.is_dir() and find_official_folder(path) is None and not has_image_tree(path):
+        raise layout_error(path)
+
+
+def has_image_tree(root: Path) -> bool:
+    """Whether `root` holds train/<class>/<image> and test/<class>/<image> files; stops at the first of each."""
+    splits: set[str] = set()
+    for path in root.rglob("*"):
+        key = split_and_class(path.relative_to(root).parts)
+        if key is not None and path.is_file():
+            splits.add(key[0])
+            if len(splits) == 2:
+                return True
+    return False
+
+
+def layout_error(where: Path) -> DataError:
+    """What a folder or archive with neither CIFAR-10 layout gets."""
+    return DataError(
+        f"unknown data layout in {where}: expected cifar-10-batches-py/ or train/<class>/ and test/<class>/ images"
+    )
 
 
 def read_keras_download() -> RawSplits:
@@ -207,9 +243,7 @@ def read_folder(root: Path) -> RawSplits:
         if key is not None and path.is_file():
             files.setdefault(key, []).append((str(path), path.read_bytes()))
     if not files:
-        raise DataError(
-            f"unknown data layout in {root}: expected cifar-10-batches-py/ or train/<class>/ and test/<class>/ images"
-        )
+        raise layout_error(root)
     return tree_splits(files)
 
 
@@ -231,7 +265,5 @@ def read_archive(path: Path) -> RawSplits:
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DataError(f"cannot read archive {path}: {error}") from None
     if not files:
-        raise DataError(
-            f"unknown data layout in {path}: expected cifar-10-batches-py/ or train/<class>/ and test/<class>/ images"
-        )
+        raise layout_error(path)
     return tree_splits(files)

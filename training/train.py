@@ -9,7 +9,6 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,12 @@ from training.data import Dataset
 from training.models import TTA_DESCRIPTION
 from training.optimizers import build_optimizer, optimizer_summary
 from training.progress import RichProgress
+from training.runs import RunError
 
-CONFIG_FILE = "config.json"
 REPORT_FILE = "report.json"
 HISTORY_FILE = "history.json"
 MODEL_FILE = "model.keras"
 PLOT_FILES = ("curves.png", "confusion_matrix.png")
-
-
-class RunError(Exception):
-    """A run that cannot start or continue for a reason the user can fix."""
 
 
 @dataclass(frozen=True)
@@ -130,21 +125,6 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console,
                      fitted.training_time_s)
 
 
-def default_run_dir(config: TrainConfig) -> Path:
-    """runs/<name>-<model>-<optimizer>-<time>: runs never overwrite each other."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.name}-{config.model}-{config.optimizer}-{stamp}"
-
-
-def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Create the run folder and write the config now, so an unwritable folder fails before training."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
-    except OSError as error:
-        raise RunError(f"cannot write the run folder {run_dir}: {error.strerror or error}") from None
-
-
 def needed_disk_bytes(parameters: int) -> int:
     """Room for a run's files: checkpoint with optimizer slots, best weights, final model, logs."""
     return parameters * 4 * 6 + 50 * 1024 * 1024
@@ -161,14 +141,6 @@ def check_disk_space(folders: list[Path], parameters: int) -> None:
                 f"not enough disk space for {folder}: about {needed / 2**20:.0f} MiB needed, "
                 f"{free / 2**20:.0f} MiB free"
             )
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The config a run folder was started with, so --resume trains exactly that."""
-    config_file = run_dir / CONFIG_FILE
-    if not config_file.exists():
-        raise RunError(f"nothing to resume in {run_dir}: no {CONFIG_FILE}")
-    return TrainConfig.model_validate_json(config_file.read_text())
 
 
 def set_up_runtime(run: Run) -> Runtime:
