@@ -156,13 +156,7 @@ class ServerProcess:
 
     def worker_rss_bytes(self) -> int:
         """Resident memory of the workers alone, where images are decoded and models run (0: none)."""
-        total = 0
-        for worker in self.worker_processes():
-            try:
-                total += worker.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+        return total_rss([worker.pid for worker in self.worker_processes()])
 
     def metrics_text(self) -> str:
         """The Prometheus text of /metrics, or '' when the server does not answer."""
@@ -187,6 +181,17 @@ class ServerProcess:
             os.killpg(self.process.pid, signum)
         except ProcessLookupError:  # the group ended in the meantime
             pass
+
+
+def total_rss(pids: list[int]) -> int:
+    """Resident memory of these processes together; one that has ended counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
 
 
 def machine() -> dict[str, object]:

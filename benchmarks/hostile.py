@@ -2,10 +2,11 @@
 
     python benchmarks/hostile.py                       # trains a tiny model in a temporary store first
     python benchmarks/hostile.py --model cifar10-cnn:VERSION --bentoml-home ~/bentoml
-    python benchmarks/hostile.py --quick               # cases 4-6, scaled down: a smoke run
+    python benchmarks/hostile.py --quick               # cases 0 and 4-6, scaled down: a smoke run
+    python benchmarks/hostile.py --cases 4,7 --source /tmp/old-checkout   # some cases, another commit's code
 
 Every hostile file and body is built here, in code (nothing big is shipped). The service runs on a free
-127.0.0.1 port in its own process group; cases 1-7 share one server with the default settings, cases 8-9
+127.0.0.1 port in its own process group; cases 0-7 share one server with the default settings, cases 8-9
 get a second one with two workers and model control on (they take the model out of service on purpose).
 While each case runs, a well-behaved client sends single photos (tests/fixtures/images-tiny) to
 /classify, /readyz is probed every 50 ms, and the workers' resident memory is sampled every 100 ms.
@@ -26,6 +27,7 @@ import asyncio
 import ctypes
 import io
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -34,13 +36,13 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -50,7 +52,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks.harness import HOST, SERVICE_IMPORT, ServerProcess, machine, percentile, server_env
+from benchmarks.harness import HOST, SERVICE_IMPORT, ServerProcess, machine, percentile, server_env, total_rss
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 PHOTOS = FIXTURES / "images-tiny"
@@ -58,7 +60,7 @@ IMPORT_DATA = FIXTURES / "images-tiny.tar.gz"
 TRAIN_CIFAR = [sys.executable, "-c", "from training.cli import main; main()"]
 MB = 2**20
 BODY_LIMIT = 10 * MB  # the service's default CIFAR10_MAX_BODY_BYTES: every body here fits under it
-QUICK_CASES = (4, 5, 6)
+QUICK_CASES = (0, 4, 5, 6)
 
 # Acceptance (issue 20)
 GOOD_P99_MS = 1000.0
@@ -124,10 +126,15 @@ def v2_empty_lists(count: int) -> tuple[bytes, dict[str, str]]:
     return head + b",".join([b"[]"] * count) + b"]}]}", {"Content-Type": "application/json"}
 
 
-def v2_pixels(images: int, seed: int = 0) -> tuple[bytes, dict[str, str]]:
-    """`images` UINT8 [N, 32, 32, 3] of random pixels as binary data (3400 images: about 10 MB)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
-    return v2_binary("images", "UINT8", [images, 32, 32, 3], pixels.tobytes())
+def large_photo(photo: bytes, size: tuple[int, int] = (1280, 960), noise: float = 5.0) -> bytes:
+    """A photo as a camera would send it: `photo` scaled up, with sensor-like noise (1280x960: about 150 KB)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32)
+    pixels += np.random.default_rng(0).normal(0, noise, pixels.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def largest_count(unit_bytes: int, overhead: int = 1024) -> int:
@@ -307,56 +314,79 @@ class Case:
 
 
 class Monitor:
-    """Runs in its own thread and event loop while a case runs, so the hostile senders do not delay it."""
+    """Runs in a child process while a case runs, so that the hostile senders (this process's CPU and GIL)
+    do not delay its requests: what it measures is the server's delay."""
 
     def __init__(self, server: ServerProcess, photos: list[bytes]) -> None:
-        self.server, self.photos = server, photos
+        self.url, self.photos = server.url, photos
+        self.pids = [worker.pid for worker in server.worker_processes()]
         self.good: list[tuple[str, float]] = []  # (status or exception name, ms)
         self.readyz: list[tuple[str, float]] = []
         self.rss_peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     def __enter__(self) -> Monitor:
-        self._thread.start()
+        context = multiprocessing.get_context("fork")  # no threads run here yet: forking is safe and quick
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=monitor_process, args=(self, child), daemon=True)
+        self._process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
+        self._conn.send("stop")
+        if self._conn.poll(60):
+            self.good, self.readyz, self.rss_peak = self._conn.recv()
+        self._process.join(timeout=10)
 
-    async def _main(self) -> None:
-        await asyncio.gather(self._good_client(), self._probe_readyz(), self._sample_rss())
 
-    async def _timed(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: object) -> tuple[str, float]:
-        started = time.perf_counter()
-        try:
-            status = str((await client.request(method, path, **kwargs)).status_code)
-        except httpx.HTTPError as error:
-            status = type(error).__name__
-        return status, 1000 * (time.perf_counter() - started)
+def monitor_process(monitor: Monitor, conn: Connection) -> None:
+    """The child: good client, /readyz probe and RSS sampler until the parent says stop; then the results."""
+    stop = asyncio.Event()
 
-    async def _good_client(self, pause: float = 0.1) -> None:
-        async with httpx.AsyncClient(base_url=self.server.url, timeout=30) as client:
-            index = 0
-            while not self._stop.is_set():
-                photo = self.photos[index % len(self.photos)]
-                index += 1
-                headers = {"Content-Type": "image/jpeg"}
-                self.good.append(await self._timed(client, "POST", "/classify", content=photo, headers=headers))
-                await asyncio.sleep(pause)
+    async def watch() -> None:
+        while not conn.poll():
+            await asyncio.sleep(0.02)
+        stop.set()
 
-    async def _probe_readyz(self, every: float = 0.05) -> None:
-        async with httpx.AsyncClient(base_url=self.server.url, timeout=10) as client:
-            while not self._stop.is_set():
-                status, ms = await self._timed(client, "GET", "/readyz")
-                self.readyz.append((status, ms))
-                await asyncio.sleep(max(0.0, every - ms / 1000))
+    async def main() -> None:
+        await asyncio.gather(watch(), good_client(monitor, stop), probe_readyz(monitor, stop), sample_rss(monitor, stop))
 
-    async def _sample_rss(self, every: float = 0.1) -> None:
-        while not self._stop.is_set():
-            self.rss_peak = max(self.rss_peak, self.server.worker_rss_bytes())
-            await asyncio.sleep(every)
+    asyncio.run(main())
+    conn.send((monitor.good, monitor.readyz, monitor.rss_peak))
+
+
+async def timed(client: httpx.AsyncClient, method: str, path: str, **kwargs: object) -> tuple[str, float]:
+    started = time.perf_counter()
+    try:
+        status = str((await client.request(method, path, **kwargs)).status_code)  # type: ignore[arg-type]
+    except httpx.HTTPError as error:
+        status = type(error).__name__
+    return status, 1000 * (time.perf_counter() - started)
+
+
+async def good_client(monitor: Monitor, stop: asyncio.Event, pause: float = 0.1) -> None:
+    """One photo at a time to /classify as the raw body, `pause` apart."""
+    async with httpx.AsyncClient(base_url=monitor.url, timeout=30) as client:
+        index = 0
+        while not stop.is_set():
+            photo = monitor.photos[index % len(monitor.photos)]
+            index += 1
+            answer = await timed(client, "POST", "/classify", content=photo, headers={"Content-Type": "image/jpeg"})
+            monitor.good.append(answer)
+            await asyncio.sleep(pause)
+
+
+async def probe_readyz(monitor: Monitor, stop: asyncio.Event, every: float = 0.05) -> None:
+    async with httpx.AsyncClient(base_url=monitor.url, timeout=10) as client:
+        while not stop.is_set():
+            status, ms = await timed(client, "GET", "/readyz")
+            monitor.readyz.append((status, ms))
+            await asyncio.sleep(max(0.0, every - ms / 1000))
+
+
+async def sample_rss(monitor: Monitor, stop: asyncio.Event, every: float = 0.1) -> None:
+    while not stop.is_set():
+        monitor.rss_peak = max(monitor.rss_peak, total_rss(monitor.pids))
+        await asyncio.sleep(every)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,6 +436,14 @@ def status_of(bench: Bench, method: str, path: str, **kwargs: object) -> str:
     """One request's status (or its exception's name), for state checks."""
     try:
         return str(httpx.request(method, f"{bench.url}{path}", timeout=30, **kwargs).status_code)  # type: ignore[arg-type]
+    except httpx.HTTPError as error:
+        return type(error).__name__
+
+
+def text_of(bench: Bench, path: str) -> str:
+    """The body of a GET (or its exception's name)."""
+    try:
+        return httpx.get(f"{bench.url}{path}", timeout=30).text
     except httpx.HTTPError as error:
         return type(error).__name__
 
@@ -634,9 +672,10 @@ def case_v2_parsing(bench: Bench) -> Outcome:
 
 
 def case_overload(bench: Bench) -> Outcome:
-    """7: 40 concurrent ~10 MB v2 requests; then 60 clients that hang up after 2 s."""
+    """7: 40 concurrent ~10 MB v2 requests (64 valid 1280x960 JPEGs each); then 60 clients that hang up after 2 s."""
     outcome = Outcome()
-    body, headers = v2_pixels(bench.n(largest_count(32 * 32 * 3), 300))
+    photo = large_photo(bench.photos[0])
+    body, headers = v2_files([photo] * min(64, largest_count(len(photo) + 4), bench.n(64, 8)))
     request = ("POST", f"/v2/models/{bench.name}/infer", body, headers)
     many = bench.n(40, 4)
     send_all(bench, outcome, f"{many} concurrent v2 requests of {len(body) / MB:.1f} MB", [request] * many, many)
@@ -656,14 +695,12 @@ def control_folder(server: ServerProcess) -> Path:
 
 def plant(folder: Path, content: str) -> str:
     """Write `wanted.json` there as another local user would try; what happened."""
-    existed = folder.is_dir()
     try:
         folder.mkdir(exist_ok=True)
         (folder / "wanted.json").write_text(content)
     except OSError as error:
         return f"not possible ({error.strerror})"
-    mode = oct(folder.stat().st_mode & 0o777)
-    return f"planted in {'the server' if existed else 'a new'} folder {folder} (mode {mode})"
+    return f"written to {folder / 'wanted.json'} (folder mode {oct(folder.stat().st_mode & 0o777)})"
 
 
 def classify_statuses(bench: Bench, times: int = 6) -> Counter[str]:
@@ -677,7 +714,7 @@ def case_control_state(bench: Bench) -> Outcome:
     outcome, name = Outcome(), bench.name
     folder = control_folder(bench.server)  # type: ignore[arg-type]
     existed = folder.is_dir()
-    outcome.notes.append(f"predictable folder {folder}: {'exists' if existed else 'absent'}")
+    outcome.notes.append(f"predictable folder {folder}: {'exists (the server made it)' if existed else 'absent'}")
     outcome.notes.append("unload planted: " + plant(folder, json.dumps({"generation": 1000, "models": {name: None}})))
     time.sleep(1.5)  # workers look every 0.2 s
     classify, ready = classify_statuses(bench), Counter(status_of(bench, "GET", "/readyz") for _ in range(6))
@@ -706,8 +743,7 @@ def case_no_model(bench: Bench) -> Outcome:
     answers = {"unload": status_of(bench, "POST", f"/v2/repository/models/{name}/unload")}
     time.sleep(1.0)  # the other worker follows
     answers["/readyz"] = ",".join(sorted({status_of(bench, "GET", "/readyz") for _ in range(6)}))
-    ready = {httpx.get(f"{bench.url}/v2/health/ready", timeout=10).text for _ in range(6)}
-    answers["/v2/health/ready"] = " ".join(sorted(ready))
+    answers["/v2/health/ready"] = " ".join(sorted({text_of(bench, "/v2/health/ready") for _ in range(6)}))
     answers["POST /metadata"] = status_of(bench, "POST", "/metadata", json={})
     answers["load ../../../etc"] = status_of(bench, "POST", f"/v2/repository/models/{name}/load",
                                              json={"parameters": {"version": "../../../etc"}})
@@ -727,7 +763,14 @@ def case_no_model(bench: Bench) -> Outcome:
     return outcome
 
 
+def case_baseline(bench: Bench) -> Outcome:
+    """0: no hostile load, only the good client and the probes: the noise floor of this machine right now."""
+    time.sleep(bench.n(10, 2))
+    return Outcome(notes=["no hostile requests: what the criteria measure on this machine with no attack"])
+
+
 CASES = [
+    Case(0, "baseline, no attack", "main", case_baseline),
     Case(1, "SavedModel, hidden graph", "main", case_hidden_graph),
     Case(2, ".h5, external/virtual kernel", "main", case_foreign_storage),
     Case(3, "scan/load race, bad UTF-8", "main", case_race_and_config),
@@ -895,7 +938,7 @@ def detail_rows(results: list[CaseResult]) -> list[str]:
 
 def report(bench: Bench, results: list[CaseResult], commands: list[str], command: str, info: dict) -> str:
     lines = [
-        f"hostile-input benchmark (issue 20): {len(results)} case(s), model {bench.model}, source {bench.source}"
+        f"hostile-input benchmark (issue 20): {len(results)} case(s) (0: no attack), model {bench.model}, source {bench.source}"
         + (" [--quick: scaled down]" if bench.args.quick else ""),
         f"command: {command}",
         *(f"server {line}" for line in commands),
@@ -955,7 +998,7 @@ def build_files(bench: Bench, cases: list[Case]) -> None:
 def parse_cases(text: str) -> list[int]:
     numbers = sorted({int(part) for part in text.split(",") if part.strip()})
     if not numbers or not set(numbers) <= {case.number for case in CASES}:
-        raise argparse.ArgumentTypeError(f"expected case numbers from 1 to {len(CASES)}, comma-separated")
+        raise argparse.ArgumentTypeError(f"expected case numbers from 0 to {len(CASES) - 1}, comma-separated")
     return numbers
 
 
@@ -963,7 +1006,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="stored model tag to serve (default: train a tiny one in a temporary store)")
     parser.add_argument("--bentoml-home", type=Path, help="the store holding --model (default $BENTOML_HOME)")
-    parser.add_argument("--cases", type=parse_cases, help="comma-separated case numbers (default: all; --quick: 4,5,6)")
+    parser.add_argument("--cases", type=parse_cases, help="comma-separated case numbers, 0 = no attack (default: all; --quick: 0,4,5,6)")
     parser.add_argument("--quick", action="store_true", help="scaled-down files and counts: a smoke run")
     parser.add_argument("--settle", type=float, default=None, help="seconds after a case before 'RSS after' (default 5; --quick 1)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a server may take to answer /readyz")

@@ -1,5 +1,5 @@
-"""A scaled-down run of benchmarks/hostile.py (--quick: cases 4-6, a few seconds each) against the tiny
-test model: the benchmark starts the service, runs its cases, and prints its table and verdicts."""
+"""A scaled-down run of benchmarks/hostile.py (--quick: the no-attack baseline and cases 4-6, a few seconds
+each) against the tiny test model: it starts the service, runs its cases, and prints its table and verdicts."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_hostile_benchmark_quick(cifar_model_store: ModelStore, tmp_path: Path) 
     out = result.stdout
     for line in ("command: ", "server main: ", "machine: ", "readyz max ms", "worker RSS MB before/peak/after"):
         assert line in out, out
-    for number in (4, 5, 6):  # one measurement row and one verdict row per case, nothing failed to run
+    for number in (0, 4, 5, 6):  # one measurement row and one verdict row per case, nothing failed to run
         rows = [row for row in out.splitlines() if row.startswith(f"{number} ")]
         assert len(rows) == 2, out
         assert re.search(r"\d+ / \d+ / \d+", rows[0]) and re.findall(r"\b(PASS|FAIL|n/a)\b", rows[1]), rows
