@@ -133,9 +133,10 @@ def check_trust(tag: str, card: ModelCard, trust_model_code: bool) -> None:
         )
 
 
-def load_predictor(tag: str, trust_model_code: bool = False) -> Predictor:
-    """Load a store entry for inference, with the test-time augmentation its card names."""
-    ref, card = read_card(tag)
+def load_predictor(tag: str, trust_model_code: bool = False, entry: tuple[Any, ModelCard] | None = None) -> Predictor:
+    """Load a store entry for inference, with the test-time augmentation its card names; `entry` is
+    the store entry and card when the caller has read them already (the card is read once)."""
+    ref, card = entry or read_card(tag)
     check_trust(str(ref.tag), card, trust_model_code)
     network = load_network(Path(ref.path) / card.model_file, card.format)
     predict = compile_inference(network, card.input_scaling, card.flip_tta, card.translate_tta)

@@ -1,11 +1,13 @@
-"""What the service answers with; shared by the clients, so no tensorflow or bentoml imports here."""
+"""What the service answers with; shared by the clients, so no tensorflow or bentoml imports here
+(`contract.card` is plain pydantic)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.card import ModelCard
 
 TOP_K_MAX = 10
 
@@ -34,35 +36,24 @@ class BatchingSettings(BaseModel):
 class Limits(BaseModel):
     max_body_bytes: int
     max_image_pixels: int
+    large_image_pixels: int | None = Field(None, description="images over this decode one at a time")
+    max_large_images: int | None = Field(None, description="large images a worker holds at once")
+    max_inflight_bytes: int | None = Field(None, description="request bodies a worker holds at once")
+    max_inflight_images: int | None = Field(None, description="images a worker holds at once")
 
 
-class ModelMetadata(BaseModel):
-    """Everything needed to know which model answers and how it was trained."""
+class ModelMetadata(ModelCard):
+    """GET /metadata: the served model's card, every field as stored, and what this server adds: which
+    entry it is, where its plots are on this server, and how it is served. Clients parse this type."""
 
+    model_config = ConfigDict(extra="ignore")  # a client reads a newer server's answer
     tag: str
     name: str
     version: str
     creation_time: datetime
-    architecture: str | None = None
-    parameters: int | None = None
-    class_names: list[str]
-    input_shape: list[int]
-    input_dtype: str
-    preprocessing: str | None = None
-    input_scaling: str | None = None
-    flip_tta: bool = False
-    translate_tta: bool = False
-    config: dict[str, Any] = Field(default_factory=dict, description="the full training config")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="test accuracy and others")
-    per_class: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="test precision, recall, f1 and support of each class"
-    )
-    plots: dict[str, str] = Field(
+    plots: dict[str, str] = Field(  # type: ignore[assignment]  # the card's file names, as URLs here
         default_factory=dict, description="the run's plots stored with the model (file -> URL on this server)"
     )
-    training_time_s: float | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-    framework_versions: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     backend: str = Field("tensorflow", description="the Keras backend that runs the model: tensorflow or jax")
     device: str = Field(description="where inference runs, e.g. 'GPU: NVIDIA H100' or 'CPU: ...'")

@@ -21,11 +21,11 @@ from PIL import Image
 
 from conftest import MODEL_NAME, ModelStore, start_server
 from contract.images import ImageError, decode_image
-from service.admission import Budget, Overloaded
-from service.control import CONTROL_DIR_ENV, ControlFolderError, SharedControl, control_folder
-from service.decoding import Decoder, FileError
-from service.errors import ProtocolError, RequestError
-from service.v2 import parse_infer_request
+from service.errors import Overloaded, ProtocolError, RequestError
+from service.inference.admission import Budget
+from service.inference.control import CONTROL_DIR_ENV, ControlFolderError, SharedControl, control_folder
+from service.inference.decoding import Decoder, FileError
+from service.v2.protocol import parse_infer_request
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -131,10 +131,10 @@ def test_a_bad_file_is_named_by_its_index(image_bytes: dict[str, bytes]) -> None
     decoder = Decoder(threads=2, max_pixels=10**7, large_pixels=10**6, large_places=2)
     try:
         with pytest.raises(FileError) as bad:
-            asyncio.run(decoder.decode([image_bytes["png"], b"not an image", tiled_tiff(1, 1, 32768)]))
+            asyncio.run(decoder.decode([image_bytes["png"], b"not an image", tiled_tiff(1, 1, 32768)], "images", True))
     finally:
         decoder.close()
-    assert bad.value.index == 1 and bad.value.status_code == 415
+    assert bad.value.index == 1 and bad.value.status_code == 415 and str(bad.value).startswith("images[1]: ")
 
 
 def test_control_folder_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

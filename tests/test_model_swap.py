@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from clients.cli import app
 from clients.client import CIFAR10Client, ServiceError
 from conftest import LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, start_server, train_and_store
-from service.control import CONTROL_DIR_ENV
+from service.inference.control import CONTROL_DIR_ENV
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -56,7 +56,8 @@ def test_metadata_get(http: httpx.Client, cifar_model_store: ModelStore) -> None
     assert meta.input_shape == [32, 32, 3] and meta.input_dtype == "uint8"
     assert meta.architecture == "tiny_cnn" and meta.parameters and meta.parameters > 0
     assert meta.config["optimizer"] == "adam" and "lr" in meta.config
-    assert meta.metrics["test_accuracy"] == 0.1
+    assert meta.metrics.test_accuracy == 0.1
+    assert meta.format == "keras" and meta.model_file == "model.keras" and not meta.trusted_code  # the whole card
     assert meta.framework_versions["tensorflow"].startswith("2.")
     assert meta.device_type == "CPU" and meta.device.startswith("CPU")
     assert meta.batching.max_batch_size == 64 and meta.batching.max_batch_files == 8

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.auth import ApiKeyMiddleware, bearer_token, is_open
-from service.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
-from service.device import configure_device
-from service.http import validation_message
+from service.http.auth import ApiKeyMiddleware, bearer_token, is_open
+from service.inference.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
+from service.inference.device import configure_device
+from service.http.limits import validation_message
 from contract.images import ImageError, decode_image
 from service.settings import Settings, SettingsError, gpu_count, model_tag, model_tags
 

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from starlette.applications import Starlette
 
 from benchmarks.harness import ServerProcess
 from conftest import MODEL_NAME, PROJECT_ROOT, ModelStore, start_server
-from service.ui import ASSETS, STATIC_DIR, UI_ROUTES
+from service.http.routes import build_app
+from service.ui.routes import ASSETS, STATIC_DIR
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,7 +47,7 @@ TEXT_FILE = b"just some notes, not a photo\n"
 def ui_get(path: str) -> httpx.Response:
     """GET `path` from the UI routes alone, in process."""
     async def get() -> httpx.Response:
-        transport = httpx.ASGITransport(app=Starlette(routes=UI_ROUTES))
+        transport = httpx.ASGITransport(app=build_app())  # the service's app, its error handler included
         async with httpx.AsyncClient(transport=transport, base_url="http://ui.test") as client:
             return await client.get(path, follow_redirects=True)
     return asyncio.run(get())

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import MODEL_NAME, ModelStore
 from contract.card import CIFAR10_CLASSES
 from service.errors import ProtocolError
-from service.v2 import parse_infer_request
+from service.v2.protocol import parse_infer_request
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,17 +8,16 @@ API key check, metrics and access log as the multipart ones, and get the same an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.responses import JSONResponse
+from starlette.datastructures import State
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.errors import USER_ERRORS, RequestError, error_response
 from service.schemas import TOP_K_MAX
 
 RAW_TYPES = ("application/octet-stream",)
-Classify = Callable[[bytes, int, "str | None"], Awaitable[Any]]
 
 
 def is_raw_upload(scope: Scope) -> bool:
@@ -32,14 +31,14 @@ def is_raw_upload(scope: Scope) -> bool:
 
 
 def query_options(scope: Scope) -> tuple[int, str | None]:
-    """`top_k` (1-10, default 3) and `model` from the query string; ValueError with a one-line reason."""
+    """`top_k` (1-10, default 3) and `model` from the query string (a 400 with a one-line reason)."""
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     unknown = sorted(set(query) - {"top_k", "model"})
     if unknown:
-        raise ValueError(f"unknown query parameter {unknown[0]!r}: use top_k and model")
+        raise RequestError(f"unknown query parameter {unknown[0]!r}: use top_k and model")
     raw_k = query.get("top_k", ["3"])[-1]
     if not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= TOP_K_MAX:
-        raise ValueError(f"top_k: expected an integer from 1 to {TOP_K_MAX}, got {raw_k!r}")
+        raise RequestError(f"top_k: expected an integer from 1 to {TOP_K_MAX}, got {raw_k!r}")
     model = query.get("model", [""])[-1].strip() or None
     return int(raw_k), model
 
@@ -57,11 +56,12 @@ async def read_body(receive: Receive) -> bytes | None:
 
 
 class RawBodyMiddleware:
-    """Answers raw-body /classify requests itself with `classify(data, top_k, model)`; passes the rest on."""
+    """Answers raw-body /classify requests itself, through the worker's classifier (`state.classifier`,
+    filled by the service at start-up, as for the app's routes); passes the rest on."""
 
-    def __init__(self, app: ASGIApp, classify: Callable[[], Classify]) -> None:
+    def __init__(self, app: ASGIApp, state: State) -> None:
         self.app = app
-        self.classify = classify  # looked up per request: the service instance exists only in the worker
+        self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_raw_upload(scope):
@@ -69,11 +69,11 @@ class RawBodyMiddleware:
             return
         try:
             top_k, model = query_options(scope)
-        except ValueError as error:
-            await JSONResponse({"error": str(error)}, status_code=400)(scope, receive, send)
-            return
-        data = await read_body(receive)
-        if data is None:
-            return
-        response = await self.classify()(data, top_k, model)
+            data = await read_body(receive)
+            if data is None:
+                return
+            answers = await self.state.classifier.classify([data], top_k, model)
+            response: Response = JSONResponse(answers[0].model_dump(mode="json"))
+        except USER_ERRORS as error:
+            response = error_response(error)
         await response(scope, receive, send)

@@ -16,17 +16,18 @@ from typing import TypeVar
 import numpy as np
 
 from contract.images import ImageError, OpenedImage, decode_opened, open_image
-from service.admission import Budget
+from service.inference.admission import Budget
 from service.errors import RequestError
 
 Result = TypeVar("Result")
 
 
 class FileError(ImageError):
-    """A bad file in a request of several: `index` says which (0-based)."""
+    """A bad file, named by the request's field and, in a batch, its index (0-based)."""
 
-    def __init__(self, index: int, error: ImageError) -> None:
-        super().__init__(str(error), error.status_code)
+    def __init__(self, error: ImageError, field: str, index: int | None) -> None:
+        where = field if index is None else f"{field}[{index}]"
+        super().__init__(f"{where}: {error}", error.status_code)
         self.index = index
 
 
@@ -38,10 +39,12 @@ class Decoder:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cifar10-decode")
         self._large_pool = ThreadPoolExecutor(1, thread_name_prefix="cifar10-decode-large")
 
-    async def decode(self, files: list[bytes]) -> np.ndarray:
-        """All files, as (n, 32, 32, 3) uint8; the first bad file raises `FileError`."""
+    async def decode(self, files: list[bytes], field: str | None = None, indexed: bool = False) -> np.ndarray:
+        """All files, as (n, 32, 32, 3) uint8. The first bad file raises its `ImageError`, or with a
+        `field`, a `FileError` that names the field (and the file's index when `indexed`)."""
         loop = asyncio.get_running_loop()
-        opened = await each([loop.run_in_executor(self._pool, open_image, data, self.max_pixels) for data in files])
+        opened = await each([loop.run_in_executor(self._pool, open_image, data, self.max_pixels) for data in files],
+                            field, indexed)
         large = sum(image.pixels > self.large_pixels for image in opened)
         try:
             self.large_places.take(large)
@@ -50,7 +53,7 @@ class Decoder:
                 image.image.close()
             raise
         try:  # each image is closed by its decode
-            arrays = await each([self._decode_one(image) for image in opened])
+            arrays = await each([self._decode_one(image) for image in opened], field, indexed)
         finally:
             self.large_places.give_back(large)
         return np.stack(arrays)
@@ -64,9 +67,9 @@ class Decoder:
         self._large_pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def each(calls: list[Awaitable[Result]]) -> list[Result]:
-    """Await every call; the first `ImageError` raises as a `FileError` once all have ended, so none
-    is left running, and images the others opened are closed."""
+async def each(calls: list[Awaitable[Result]], field: str | None, indexed: bool) -> list[Result]:
+    """Await every call; the first error raises once all have ended, so none is left running, and
+    images the others opened are closed."""
     results = await asyncio.gather(*calls, return_exceptions=True)
     failed = next(((i, r) for i, r in enumerate(results) if isinstance(r, BaseException)), None)
     if failed is None:
@@ -75,6 +78,6 @@ async def each(calls: list[Awaitable[Result]]) -> list[Result]:
         if isinstance(result, OpenedImage):
             result.image.close()
     index, error = failed
-    if isinstance(error, ImageError):
-        raise FileError(index, error) from None
+    if isinstance(error, ImageError) and field is not None:
+        raise FileError(error, field, index if indexed else None) from None
     raise error

@@ -1,4 +1,4 @@
-"""A bound on the work one worker holds at once: request bytes and images, each with its own budget.
+"""A bound on the work one worker holds at once: request bytes, images and large images, each a budget.
 
 Past a budget a request is refused at once with 503 and `Retry-After` (`Overloaded`), rather than
 queued behind work the worker cannot finish soon: a flood costs its senders, not everyone else.
@@ -10,16 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from service.errors import RequestError
-
-RETRY_AFTER_S = 1
-
-
-class Overloaded(RequestError):
-    """The worker holds as much work as it may; the client should retry shortly (or elsewhere)."""
-
-    default_status = 503
-    headers = {"Retry-After": str(RETRY_AFTER_S)}
+from service.errors import RETRY_AFTER_S, Overloaded, RequestError
 
 
 class Budget:

@@ -20,8 +20,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from service.errors import ModelError
+from service.inference.registry import ModelRegistry, ServedModel
+
 logger = logging.getLogger("bentoml.service.cifar10")
 POLL_S = 0.2  # how often a worker looks for a new wanted state
+ALL_WORKERS_SWITCH_S = 300.0  # longest wait, in a load or unload, for the other workers to follow
 CONTROL_DIR_ENV = "CIFAR10_CONTROL_DIR"  # set by the server's main process, inherited by its workers
 Wanted = dict[str, "str | None"]  # store name -> version to serve, or None: unloaded
 _REPORTED: set[str] = set()
@@ -141,3 +145,42 @@ class SharedControl:
                                    str(error).splitlines()[0] if str(error) else type(error).__name__)
                 self.acknowledge(generation)
             await asyncio.sleep(POLL_S)
+
+
+class ModelControl:
+    """Loads and unloads asked of this worker: made in its registry, then published so that every other
+    worker follows (`shared`, None with one worker), answered once all serve the same version."""
+
+    def __init__(self, registry: ModelRegistry, shared: SharedControl | None) -> None:
+        self.registry = registry
+        self.shared = shared
+
+    async def load(self, name: str, version: str | None) -> ServedModel:
+        """Load and switch to a version in this worker, then wait until every worker serves it."""
+        served = await self.registry.swap(name, version)
+        await self._publish(name, served.version)
+        return served
+
+    async def unload(self, name: str) -> None:
+        await self.registry.unload(name)
+        await self._publish(name, None)
+
+    async def follow(self) -> None:
+        """Apply what other workers publish (forever; cancelled at shutdown)."""
+        if self.shared is not None:
+            await self.shared.follow(self._apply)
+
+    async def _apply(self, wanted: Wanted) -> None:
+        for name, version in wanted.items():
+            served = self.registry.models.get(name)
+            if version is None and served is not None:
+                await self.registry.unload(name)
+            elif version is not None and (served is None or served.version != version):
+                await self.registry.swap(name, version)
+
+    async def _publish(self, name: str, version: str | None) -> None:
+        if self.shared is None:
+            return
+        generation = self.shared.publish(name, version)
+        if not await self.shared.wait_for_all(generation, ALL_WORKERS_SWITCH_S):
+            raise ModelError(f"not every worker switched {name} within {ALL_WORKERS_SWITCH_S:.0f} s; see the log", 409)

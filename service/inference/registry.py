@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from contract.card import ModelCard
 from contract.predictor import Predictor, UntrustedModel, load_predictor
-from service.batching import MicroBatcher
+from service.inference.batching import MicroBatcher
 from service.errors import ModelError
 
 logger = logging.getLogger("bentoml.service.cifar10")
@@ -64,9 +65,10 @@ class ModelRegistry:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="cifar10-model-load")
         self._swap_lock: asyncio.Lock | None = None
 
-    def load(self, tag: str) -> ServedModel:
-        """Load a store entry, trace and warm it at every batch size, give it a batcher (blocking)."""
-        predictor = load_predictor(tag, self.trust_model_code)
+    def load(self, tag: str, entry: tuple[Any, ModelCard] | None = None) -> ServedModel:
+        """Load a store entry (its `entry` and card if already read), trace and warm it at every batch
+        size, give it a batcher (blocking)."""
+        predictor = load_predictor(tag, self.trust_model_code, entry)
         for size in range(1, self.max_batch_size + 1):  # no real request pays for tracing
             predictor.predict(np.zeros((size, 32, 32, 3), dtype=np.uint8))
         batcher = MicroBatcher(predictor.predict, self.max_batch_size, self.max_latency_ms, self.observe_batch)

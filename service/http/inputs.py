@@ -6,6 +6,7 @@ a server-side fetch when it is); these models refuse anything but an uploaded fi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -87,3 +88,8 @@ class ClassifyBatchInput(UploadInput):
     ]
     top_k: TopK = 3
     model: ModelName = None
+
+
+async def read_files(paths: list[Path]) -> list[bytes]:
+    """Uploaded files (BentoML's temporary copies) read in a thread: the event loop stays free."""
+    return await asyncio.to_thread(lambda: [Path(path).read_bytes() for path in paths])

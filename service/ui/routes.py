@@ -1,6 +1,6 @@
 """GET /ui: a page to classify photos in the browser and read the served model's card.
 
-Plain HTML, CSS and JavaScript from service/ui_static (no build step, nothing loaded from elsewhere).
+Plain HTML, CSS and JavaScript from service/ui/static (no build step, nothing loaded from elsewhere).
 Only the files named in ASSETS are served, so no part of a URL ever reaches the file system. The
 page and its assets are open (see service.auth); the page itself asks for the API key when the
 service answers 401 and sends it on every request it makes.
@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-STATIC_DIR = Path(__file__).resolve().parent / "ui_static"
+from service.errors import RequestError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE = "index.html"
 # The only files served under /ui/, with their content types.
 ASSETS: dict[str, str] = {
@@ -54,7 +56,7 @@ async def asset(request: Request) -> Response:
     name = request.path_params["asset"]
     media_type = ASSETS.get(name)
     if media_type is None:
-        return JSONResponse({"error": f"no UI asset {name!r}; there are {sorted(ASSETS)}"}, status_code=404)
+        raise RequestError(f"no UI asset {name!r}; there are {sorted(ASSETS)}", 404)
     return static_file(name, media_type)
 
 

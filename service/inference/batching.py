@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-class BatcherClosed(RuntimeError):
-    """predict() after close() began: the worker is shutting down."""
+class BatcherClosed(Unavailable):
+    """predict() after close() began: the worker is shutting down (503, retry elsewhere)."""
 
 
 _STOP = object()  # queued by close(): everything queued before it still runs

@@ -15,7 +15,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.http import drain, send_json
+from service.http.limits import drain, send_json
 
 OPEN_PATHS = frozenset({
     "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/",

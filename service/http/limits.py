@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import Budget, Overloaded
+from service.errors import Overloaded
+from service.inference.admission import Budget
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 DRAIN_FACTOR = 4  # read (and drop) up to this many times the limit so the client sees the 413
