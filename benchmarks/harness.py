@@ -196,7 +196,7 @@ def total_rss(pids: list[int]) -> int:
 
 def machine() -> dict[str, object]:
     """What a benchmark ran on: the CPU by name, how many cores it may use, memory, OS and Python."""
-    from service.device import cpu_name  # reads /proc/cpuinfo: no TensorFlow, no BentoML
+    from service.inference.device import cpu_name  # reads /proc/cpuinfo: no TensorFlow, no BentoML
 
     try:
         usable = len(os.sched_getaffinity(0))
