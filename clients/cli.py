@@ -104,7 +104,7 @@ def metadata(
         "created": info.creation_time.isoformat(timespec="seconds"),
         "architecture": f"{info.architecture} ({info.parameters:,} parameters)" if info.parameters else str(info.architecture),
         "optimizer": str(info.config.get("optimizer", info.labels.get("optimizer", "?"))),
-        "test accuracy": _metric(info.metrics, "test_accuracy"),
+        "test accuracy": _percent(info.metrics.test_accuracy),
         "classes": ", ".join(info.class_names),
         "input": f"{info.input_shape} {info.input_dtype}",
         "preprocessing": str(info.preprocessing),
@@ -118,10 +118,8 @@ def metadata(
     console.print(table)
 
 
-def _metric(metrics: object, name: str) -> str:
-    """One metric as a percentage, from the card's typed metrics (or a plain dict of them)."""
-    value = metrics.get(name) if isinstance(metrics, dict) else getattr(metrics, name, None)
-    return f"{value:.2%}" if isinstance(value, float) else str(value)
+def _percent(value: float | None) -> str:
+    return f"{value:.2%}" if value is not None else "unknown"
 
 
 @app.command()

@@ -229,9 +229,7 @@ def test_both_clients_when_the_server_is_down(monkeypatch: pytest.MonkeyPatch) -
     assert sync[:-1] == [(httpx.ConnectError, "connection refused", None, None)] * (len(CALLS) - 1) and sync[-1] is False
 
 
-def test_cli_metric_reads_typed_and_plain_metrics() -> None:
-    from clients.cli import _metric
-    from contract.card import Metrics
+def test_cli_percent_of_a_metric() -> None:
+    from clients.cli import _percent
 
-    assert _metric(Metrics(test_accuracy=0.7034), "test_accuracy") == _metric({"test_accuracy": 0.7034}, "test_accuracy") == "70.34%"
-    assert _metric(Metrics(), "test_accuracy") == _metric({}, "test_accuracy") == "None"
+    assert _percent(0.7034) == "70.34%" and _percent(None) == "unknown"
