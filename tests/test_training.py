@@ -435,8 +435,10 @@ def test_start_up_filter_drops_tensorflow_chatter_and_keeps_everything_else(capf
 def test_unwritable_output_fails_before_training(tmp_path: Path, store_env: dict[str, str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = train_cifar("--data", str(OFFICIAL), "--output", str(blocker / "run"), env=store_env)
+    result = subprocess.run([*TRAIN_CIFAR_WATCHED, "--data", str(OFFICIAL), "--output", str(blocker / "run")],
+                            cwd=ROOT, env=store_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "cannot write the run folder" in result.stderr
+    assert result.stdout.splitlines()[-1] == "tensorflow imported: False"  # it needs none to be found
 
 
 CARD = (

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from training.config import TrainConfig
+from training.runs import RUNS_ROOT
 
 if TYPE_CHECKING:
     from training.train import RunResult
@@ -23,7 +24,7 @@ def comparison_dir(config: TrainConfig, output: Path | None) -> Path:
     """Where the optimizer comparison goes: --output itself, or a new folder under runs/."""
     if output is not None:
         return output
-    return Path("runs") / f"compare-{config.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return RUNS_ROOT / f"compare-{config.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def comparison_row(result: RunResult) -> dict[str, Any]:

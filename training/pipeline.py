@@ -16,7 +16,7 @@ from training.cluster import ClusterError, ClusterRole, read_cluster_role
 from training.comparison import comparison_dir, print_comparison
 from training.config import TrainConfig
 from training.data import DataError, check_source
-from training.runs import RunError, load_run_config, plan_runs
+from training.runs import RUNS_ROOT, RunError, check_run_folder, load_run_config, plan_runs
 from training.tf_start import start_tensorflow
 from training.workspace import worker_copy, worker_workspace
 
@@ -77,12 +77,14 @@ def run_training(request: TrainRequest) -> None:
 
 
 def check_before_tensorflow(request: TrainRequest) -> Checked:
-    """The resume folder, the data path, TF_CONFIG and $CIFAR_SERVE_CPU_SPEEDUPS, checked in a second
-    where TensorFlow would take several to load first."""
+    """The resume folder, the data path, TF_CONFIG, the run folder's place and $CIFAR_SERVE_CPU_SPEEDUPS, checked
+    in a second where TensorFlow would take several to load first."""
     try:
         config = load_run_config(request.start) if isinstance(request.start, Path) else request.start
         check_source(config.data)
         role = read_cluster_role(os.environ.get("TF_CONFIG")) if config.distribute == "multi-worker" else None
+        if request.resume_dir is None and (role is None or role.is_chief):  # the others write a temporary folder
+            check_run_folder(config.output or RUNS_ROOT)
         return Checked(config, role, cpu_info.chosen_speedups(config.model))
     except (RunError, DataError, ClusterError, cpu_info.SpeedupError) as error:
         raise UserError(str(error)) from None

@@ -4,6 +4,8 @@ run before it loads."""
 
 from __future__ import annotations
 
+import errno
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 from training.config import TrainConfig
 
 CONFIG_FILE = "config.json"
+RUNS_ROOT = Path("runs")  # where runs without --output go, under the current folder
 
 
 class RunError(Exception):
@@ -21,7 +24,7 @@ class RunError(Exception):
 def default_run_dir(config: TrainConfig) -> Path:
     """runs/<name>-<model>-<optimizer>-<time>: runs never overwrite each other."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.name}-{config.model}-{config.optimizer}-{stamp}"
+    return RUNS_ROOT / f"{config.name}-{config.model}-{config.optimizer}-{stamp}"
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
@@ -31,6 +34,17 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
         (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     except OSError as error:
         raise RunError(f"cannot write the run folder {run_dir}: {error.strerror or error}") from None
+
+
+def check_run_folder(folder: Path) -> None:
+    """Fail now, before TensorFlow loads, where `folder` could not be created: the nearest part of its path that
+    exists must be a folder this process may write to. Nothing is created yet, so a command that fails later
+    (a cluster that does not form) leaves no folder behind; `prepare_run_dir` still catches the rest."""
+    existing = next(path for path in [folder.absolute(), *folder.absolute().parents] if path.exists())
+    if not existing.is_dir():
+        raise RunError(f"cannot write the run folder {folder}: {os.strerror(errno.ENOTDIR)}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write the run folder {folder}: {os.strerror(errno.EACCES)}")
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
