@@ -47,6 +47,19 @@ def server_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] |
     return env
 
 
+STARTS_FILE_ENV = "CIFAR_SERVE_SERVER_STARTS"  # tests/conftest.py sets it: every start is counted
+
+
+def record_start(target: str, env: Mapping[str, str]) -> None:
+    """One line per server start in the file $CIFAR_SERVE_SERVER_STARTS names (if any), with the test that
+    caused it: benchmark scripts the tests run inherit the variable, so their servers count too."""
+    path = env.get(STARTS_FILE_ENV) or os.environ.get(STARTS_FILE_ENV)
+    if path:
+        test = env.get("PYTEST_CURRENT_TEST") or os.environ.get("PYTEST_CURRENT_TEST", "-")
+        with open(path, "a", encoding="utf-8") as handle:  # one short append: whole lines, even from two processes
+            handle.write(f"{test.rsplit(' (', 1)[0]}\t{target}\n")
+
+
 @dataclass
 class ServerProcess:
     """`bentoml serve TARGET --host 127.0.0.1 --port PORT`, leader of its own process group."""
@@ -63,6 +76,7 @@ class ServerProcess:
         """Start the server without waiting: callers that measure or signal start-up themselves."""
         port = free_port()
         command = [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
+        record_start(target, env)
         with log.open("wb") as handle:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 command, cwd=cwd, env=dict(env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -196,14 +210,14 @@ def total_rss(pids: list[int]) -> int:
 
 def machine() -> dict[str, object]:
     """What a benchmark ran on: the CPU by name, how many cores it may use, memory, OS and Python."""
-    from service.inference.device import cpu_name  # reads /proc/cpuinfo: no TensorFlow, no BentoML
+    from contract.machine import cpu_model  # reads /proc/cpuinfo: no TensorFlow, no BentoML
 
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
     return {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

@@ -58,7 +58,7 @@ def parse_updates(pairs: list[str]) -> dict[str, Any]:
 
 def build_step(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     """The recipe's compiled model and one random batch, set up the way `train-cifar` sets up a run."""
-    from training.cli import start_tensorflow
+    from training.tf_start import start_tensorflow
     from training.cpu_info import chosen_speedups
 
     start_tensorflow(verbose=False, speedups=chosen_speedups(args.recipe))  # as train-cifar does, log filtered

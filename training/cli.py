@@ -19,7 +19,6 @@ from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
 from training.pipeline import TrainRequest, UserError, run_import, run_training
 from training.recipes import LOOKAHEAD
-from training.tf_start import start_tensorflow  # noqa: F401  (benchmarks/train_step.py imports it from here)
 
 app = typer.Typer(
     add_completion=False,

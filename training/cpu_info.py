@@ -4,10 +4,11 @@ faster on that kind (benchmarks/train_step.py, docs/performance.md)."""
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
 from typing import Literal
+
+from contract import machine
+from contract.machine import cpuinfo
 
 CpuKind = Literal["amx", "avx512-bf16", "avx512", "avx2", "other"]
 Speedup = Literal["bfc-allocator", "conv-input-gradient"]
@@ -27,29 +28,12 @@ class SpeedupError(ValueError):
     """A $CIFAR_SERVE_CPU_SPEEDUPS value that names no speed-up."""
 
 
-@functools.cache
-def cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            return file.read()
-    except OSError:
-        return ""
-
-
 def cpu_flags() -> set[str]:
-    """The first processor's flags (every core of these machines has the same)."""
-    for line in cpuinfo().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return machine.cpu_flags(cpuinfo())
 
 
 def cpu_model() -> str:
-    """The model name, e.g. "AMD EPYC 7B13" or "Intel(R) Xeon(R) Processor @ 2.50GHz"."""
-    for line in cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return machine.cpu_model(cpuinfo())
 
 
 def cpu_kind() -> CpuKind:

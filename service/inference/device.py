@@ -7,10 +7,10 @@ Must run before the model loads: visible devices and memory settings cannot chan
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from contract.machine import cpu_model
 
 
 @dataclass(frozen=True)
@@ -20,16 +20,6 @@ class Device:
 
     def __str__(self) -> str:
         return f"{self.type}: {self.name}"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def keras_backend() -> str:
@@ -51,7 +41,7 @@ def configure_jax_device(worker_index: int | None) -> Device:
 
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
     if not gpus:
-        return Device("CPU", cpu_name())
+        return Device("CPU", cpu_model())
     gpu = gpus[((worker_index or 1) - 1) % len(gpus)]
     jax.config.update("jax_default_device", gpu)
     return Device("GPU", str(getattr(gpu, "device_kind", gpu)))
@@ -68,7 +58,7 @@ def configure_tensorflow_device(worker_index: int | None, inference_threads: int
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         tf.config.threading.set_intra_op_parallelism_threads(inference_threads)
-        return Device("CPU", cpu_name())
+        return Device("CPU", cpu_model())
     gpu = gpus[((worker_index or 1) - 1) % len(gpus)]
     tf.config.set_visible_devices([gpu], "GPU")
     tf.config.experimental.set_memory_growth(gpu, True)
