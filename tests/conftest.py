@@ -35,7 +35,7 @@ os.environ["CIFAR_SERVE_CACHE"] = tempfile.mkdtemp(prefix="cifar-serve-test-cach
 if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is not installed: import it from the checkout
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks.harness import SERVICE_IMPORT, ServerProcess
+from benchmarks.harness import SERVICE_IMPORT, STARTS_FILE_ENV, ServerProcess
 
 MODEL_NAME = "cifar10-cnn"
 
@@ -232,3 +232,80 @@ def metadata_json(server: ServerProcess) -> dict[str, object]:
 
 # END service fixtures
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests by cost: markers, and a count of server starts
+#
+# `python -m pytest -m "not server and not training and not browser and not bench and not container"`
+# is the quick subset. A test's markers come from the fixtures it uses (a fixture that starts a server,
+# trains or launches the browser marks every test that uses it), from its module (benchmarks,
+# containers), and from BODY_MARKS for tests that start a server or train inside their own body.
+# Every `bentoml serve` started through benchmarks.harness is counted; the summary prints the count.
+# ---------------------------------------------------------------------------------------------
+
+FIXTURE_MARKS = {
+    "cifar_model_store": "training",  # trains the tiny model (every server and bento build needs it)
+    "built": "training",  # tests/test_model_safety.py: builds its model files with TensorFlow in a subprocess
+    "browser": "browser",  # tests/test_ui.py: headless Chromium
+}  # and every fixture named `*_server` starts (or shares) a live server: `server`
+MODULE_MARKS = {
+    "test_container.py": ("container",),
+    "test_benchmarks_smoke.py": ("bench", "server"),  # benchmarks/serve.py starts its own servers
+    "test_soak_smoke.py": ("bench", "server"),
+    "test_hostile_benchmark.py": ("bench", "server"),
+    "test_train_benchmark.py": ("bench", "training"),
+}
+BODY_MARKS = {  # tests that start a server or train in their own body, not through a fixture
+    "test_backends.py::test_service_under_jax": ("server",),
+    "test_contract.py::test_bento_serves_from_its_own_source": ("training",),  # bentoml build
+    "test_model_safety.py::test_service_refuses_a_trusted_entry_without_consent": ("server",),
+    "test_model_safety.py::test_converted_legacy_model_serves_the_original_predictions": ("server",),
+    "test_model_swap.py::test_swap_under_load_loses_no_request": ("server",),  # and trains a new version
+    "test_model_swap.py::test_every_worker_follows_a_load": ("server",),
+    "test_service_startup.py::test_missing_model_fails_with_one_line": ("server",),
+    "test_shutdown.py::test_sigterm_drains_in_flight_requests_then_refuses": ("server",),
+    "test_ui.py::test_page_asks_for_the_api_key_once": ("server",),
+    "test_distributed.py::test_each_worker_trains_its_own_part_of_every_batch": ("training",),
+    "test_distributed.py::test_a_killed_cluster_resumes_from_the_chiefs_checkpoint": ("training",),
+    "test_distributed.py::test_an_unreachable_peer_is_one_line_and_exit_2_in_bounded_time": ("training",),
+    "test_distributed.py::test_a_peer_port_that_is_not_tensorflow_cannot_hang_a_worker": ("training",),
+    "test_training.py::test_train_saves_model_with_full_metadata_and_run_outputs": ("training",),
+    "test_training.py::test_optimizer_comparison_trains_one_model_each": ("training",),
+    "test_training.py::test_killed_run_resumes_from_its_checkpoint": ("training",),
+    "test_training.py::test_ctrl_c_prints_the_resume_line": ("training",),
+    "test_training.py::test_mirrored_strategy_on_two_logical_cpus": ("training",),
+    "test_training.py::test_a_first_run_starts_with_our_own_line_not_tensorflow_noise": ("training",),
+    "test_training.py::test_import_registers_models_of_each_format": ("training",),
+    "test_training.py::test_import_rejects_a_model_of_the_wrong_shape": ("training",),
+    "test_service_access.py::test_a_model_with_a_lambda_layer_is_refused": ("training",),  # builds, stores a model
+}
+# every `bentoml serve` the session starts (benchmarks.harness writes a line per start)
+os.environ.setdefault(STARTS_FILE_ENV, str(Path(tempfile.mkdtemp(prefix="cifar-serve-starts-")) / "starts.tsv"))
+
+
+def cost_marks(item: pytest.Item) -> set[str]:
+    """The cost markers `item` earns from its fixtures, its module and BODY_MARKS."""
+    module = item.path.name
+    marks = set(MODULE_MARKS.get(module, ()))
+    marks.update(BODY_MARKS.get(f"{module}::{getattr(item, 'originalname', item.name)}", ()))
+    for name in getattr(item, "fixturenames", ()):
+        if name.endswith("_server"):
+            marks.add("server")
+        if name in FIXTURE_MARKS:
+            marks.add(FIXTURE_MARKS[name])
+    return marks
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in sorted(cost_marks(item)):
+            item.add_marker(getattr(pytest.mark, mark))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    path = Path(os.environ[STARTS_FILE_ENV])
+    lines = path.read_text().splitlines() if path.exists() else []
+    terminalreporter.write_sep("-", f"bentoml serve started {len(lines)} times")
+    for line in lines:
+        terminalreporter.write_line(f"  {line}")
