@@ -60,19 +60,6 @@ def record_start(target: str, env: Mapping[str, str]) -> None:
             handle.write(f"{test.rsplit(' (', 1)[0]}\t{target}\n")
 
 
-STARTS_FILE_ENV = "CIFAR_SERVE_SERVER_STARTS"  # tests/conftest.py sets it: every start is counted
-
-
-def record_start(target: str, env: Mapping[str, str]) -> None:
-    """One line per server start in the file $CIFAR_SERVE_SERVER_STARTS names (if any), with the test that
-    caused it: benchmark scripts the tests run inherit the variable, so their servers count too."""
-    path = env.get(STARTS_FILE_ENV) or os.environ.get(STARTS_FILE_ENV)
-    if path:
-        test = env.get("PYTEST_CURRENT_TEST") or os.environ.get("PYTEST_CURRENT_TEST", "-")
-        with open(path, "a", encoding="utf-8") as handle:  # one short append: whole lines, even from two processes
-            handle.write(f"{test.rsplit(' (', 1)[0]}\t{target}\n")
-
-
 @dataclass
 class ServerProcess:
     """`bentoml serve TARGET --host 127.0.0.1 --port PORT`, leader of its own process group."""
@@ -89,7 +76,6 @@ class ServerProcess:
         """Start the server without waiting: callers that measure or signal start-up themselves."""
         port = free_port()
         command = [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
-        record_start(target, env)
         record_start(target, env)
         with log.open("wb") as handle:  # the child keeps its own descriptor
             process = subprocess.Popen(
