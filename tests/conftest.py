@@ -194,6 +194,58 @@ def cifar_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPat
         server.stop()
 
 
+# Shared servers with other settings. Tests that only read share them; a test that changes a server's
+# state (a swap, an unload, a shutdown) shares one only where SHARED_SERVER_LAST runs it after the readers.
+API_KEY = "test-key-0123456789abcdef"  # keyed_server's CIFAR10_API_KEY
+CONTROL_MAX_BODY = 200_000  # control_server's CIFAR10_MAX_BODY_BYTES
+CONTROL_MAX_IN_FLIGHT = 300_000  # and its CIFAR10_MAX_INFLIGHT_BYTES
+
+
+def shared_server(store: ModelStore, folder: Path, **env: str) -> Iterator[ServerProcess]:
+    """A server on its own copy of `store` (its /metrics, and new versions stored there, are its own)."""
+    log = folder / "serve.log"
+    server = start_server(store, log, **env)
+    try:
+        server.require_running()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def control_store(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    return cifar_model_store.copy(tmp_path_factory.mktemp("control") / "bentoml_home")
+
+
+@pytest.fixture(scope="session")
+def control_server(control_store: ModelStore) -> Iterator[ServerProcess]:
+    """Model control on, small body and in-flight budgets (tests/test_hostile_limits.py), one worker; the
+    swap under load (tests/test_model_swap.py) runs last on it."""
+    yield from shared_server(control_store, control_store.home.parent, CIFAR10_MODEL_CONTROL="1",
+                             CIFAR10_MAX_BODY_BYTES=str(CONTROL_MAX_BODY),
+                             CIFAR10_MAX_INFLIGHT_BYTES=str(CONTROL_MAX_IN_FLIGHT))
+
+
+@pytest.fixture(scope="session")
+def keyed_store(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    return cifar_model_store.copy(tmp_path_factory.mktemp("keyed") / "bentoml_home")
+
+
+@pytest.fixture(scope="session")
+def keyed_server(keyed_store: ModelStore) -> Iterator[ServerProcess]:
+    """The API key, model control and two workers (tests/test_service_access.py, the clients' model control);
+    test_every_worker_follows_a_load runs last on it and stops it."""
+    yield from shared_server(keyed_store, keyed_store.home.parent, CIFAR10_API_KEY=API_KEY,
+                             CIFAR10_MODEL_CONTROL="1", CIFAR10_WORKERS="2")
+
+
+@pytest.fixture(scope="session")
+def two_model_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """`cifar10-cnn` (the default) and the same model stored in the format written before the card."""
+    store = cifar_model_store.copy(tmp_path_factory.mktemp("two_models") / "bentoml_home")
+    yield from shared_server(store, store.home.parent, CIFAR10_MODELS=f"{MODEL_NAME},{cifar_model_store.legacy_tag}")
+
+
 def _encode(image: "Image.Image", fmt: str, **options: object) -> bytes:  # noqa: F821
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
@@ -261,8 +313,6 @@ BODY_MARKS = {  # tests that start a server or train in their own body, not thro
     "test_contract.py::test_bento_serves_from_its_own_source": ("training",),  # bentoml build
     "test_model_safety.py::test_service_refuses_a_trusted_entry_without_consent": ("server",),
     "test_model_safety.py::test_converted_legacy_model_serves_the_original_predictions": ("server",),
-    "test_model_swap.py::test_swap_under_load_loses_no_request": ("server",),  # and trains a new version
-    "test_model_swap.py::test_every_worker_follows_a_load": ("server",),
     "test_service_startup.py::test_missing_model_fails_with_one_line": ("server",),
     "test_shutdown.py::test_sigterm_drains_in_flight_requests_then_refuses": ("server",),
     "test_ui.py::test_page_asks_for_the_api_key_once": ("server",),
@@ -297,10 +347,21 @@ def cost_marks(item: pytest.Item) -> set[str]:
     return marks
 
 
+# Tests that change a shared server for good (a new version swapped in; a server stopped) run after every
+# other test of the session, in this order, so the readers of that server see it as it started.
+SHARED_SERVER_LAST = (
+    "test_model_swap.py::test_swap_under_load_loses_no_request",  # control_server: serves a new version after
+    "test_model_swap.py::test_every_worker_follows_a_load",  # keyed_server: a new version, then stops it
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for mark in sorted(cost_marks(item)):
             item.add_marker(getattr(pytest.mark, mark))
+    last = {name: index for index, name in enumerate(SHARED_SERVER_LAST)}
+    key = lambda item: last.get(f"{item.path.name}::{getattr(item, 'originalname', item.name)}", -1)  # noqa: E731
+    items.sort(key=key)  # stable: everything else keeps its order
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

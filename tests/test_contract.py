@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import LEGACY_MODEL_NAME, PROJECT_ROOT, ModelStore, start_server
+from conftest import LEGACY_MODEL_NAME, PROJECT_ROOT, ModelStore
 from contract.card import SCHEMA_VERSION, ModelCard
 from contract.images import decode_image
 from training.data import load_dataset
@@ -50,18 +50,17 @@ def test_store_shows_schema_version(cifar_model_store: ModelStore) -> None:
 
 
 def test_entry_in_the_old_format_still_serves(
-    cifar_model_store: ModelStore, cifar_server, image_bytes: dict[str, bytes], tmp_path: Path
+    cifar_model_store: ModelStore, cifar_server, two_model_server, image_bytes: dict[str, bytes]
 ) -> None:
+    """two_model_server (conftest) loads the old entry at start-up beside the new one; asked by name."""
     assert cifar_model_store.legacy_tag.startswith(LEGACY_MODEL_NAME + ":")
-    server = start_server(cifar_model_store, tmp_path / "serve.log", CIFAR10_MODEL=cifar_model_store.legacy_tag)
-    try:
-        assert server.process.poll() is None, server.log_text()[-3000:]
-        files = {"image": ("x.png", image_bytes["png"], "image/png")}
-        old = httpx.post(f"{server.url}/classify", files=files, data={"top_k": "10"}, timeout=30).json()
-        new = httpx.post(f"{cifar_server.url}/classify", files=files, data={"top_k": "10"}, timeout=30).json()
-        metadata = httpx.get(f"{server.url}/metadata", timeout=10).json()
-    finally:
-        server.stop()
+    server = two_model_server
+    assert server.process.poll() is None, server.log_text()[-3000:]
+    files = {"image": ("x.png", image_bytes["png"], "image/png")}
+    old = httpx.post(f"{server.url}/classify", files=files, data={"top_k": "10", "model": LEGACY_MODEL_NAME},
+                     timeout=30).json()
+    new = httpx.post(f"{cifar_server.url}/classify", files=files, data={"top_k": "10"}, timeout=30).json()
+    metadata = httpx.get(f"{server.url}/metadata", params={"model": LEGACY_MODEL_NAME}, timeout=10).json()
     assert old["model"] == cifar_model_store.legacy_tag
     assert [p["label"] for p in old["top_k"]] == [p["label"] for p in new["top_k"]]
     assert np.allclose([p["probability"] for p in old["top_k"]], [p["probability"] for p in new["top_k"]], atol=1e-6)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MODEL_NAME, ModelStore, start_server
+from benchmarks.harness import ServerProcess
+from conftest import MODEL_NAME
 from contract.images import ImageError, decode_image
 from service.errors import Overloaded, ProtocolError, RequestError
 from service.inference.admission import Budget
@@ -177,20 +178,12 @@ def test_a_malformed_wanted_state_is_ignored_and_changes_still_reach_workers(tmp
 
 # --- against a live server -------------------------------------------------------------------
 
-MAX_BODY = 200_000
-MAX_IN_FLIGHT = 300_000
-
 
 @pytest.fixture(scope="module")
-def limited_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory):
-    log = tmp_path_factory.mktemp("limited") / "serve.log"
-    server = start_server(cifar_model_store.copy(log.parent / "bentoml_home"), log, CIFAR10_MODEL_CONTROL="1",
-                          CIFAR10_MAX_BODY_BYTES=str(MAX_BODY), CIFAR10_MAX_INFLIGHT_BYTES=str(MAX_IN_FLIGHT))
-    try:
-        server.require_running()
-        yield server
-    finally:
-        server.stop()
+def limited_server(control_server: ServerProcess) -> ServerProcess:
+    """The session's server with model control on, a 200 kB body limit and 300 kB in flight (conftest's
+    control_server)."""
+    return control_server
 
 
 def stalled_upload(port: int, declared: int) -> socket.socket:

@@ -1,4 +1,9 @@
-"""Several models side by side, and a new version swapped in under load with no failed request."""
+"""Several models side by side, and a new version swapped in under load with no failed request.
+
+The servers are the session's (conftest): two_model_server, control_server (model control on) and
+keyed_server (model control, the API key, two workers). The swap and the load on every worker change
+their server for good, so conftest runs them after every other test of the session (SHARED_SERVER_LAST).
+"""
 
 from __future__ import annotations
 
@@ -15,36 +20,29 @@ from typer.testing import CliRunner
 
 from clients.cli import app
 from clients.client import CIFAR10Client, ServiceError
-from conftest import LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, start_server, train_and_store
+from benchmarks.harness import ServerProcess
+from conftest import API_KEY, LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, train_and_store
 from service.inference.control import CONTROL_DIR_ENV
 
 pytestmark = pytest.mark.timeout(400)
 
 CLIENTS = 16
 LOAD_SECONDS = 20.0
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # keyed_server's key
 
 
-@pytest.fixture()
-def own_store(cifar_model_store: ModelStore, tmp_path: Path) -> ModelStore:
-    """A copy of the session's store, so a new version here does not change `latest` elsewhere."""
-    return cifar_model_store.copy(tmp_path / "bentoml_home")
-
-
-def test_two_models_side_by_side(cifar_model_store: ModelStore, image_bytes: dict[str, bytes], tmp_path: Path) -> None:
-    server = start_server(cifar_model_store, tmp_path / "serve.log",
-                          CIFAR10_MODELS=f"{MODEL_NAME},{cifar_model_store.legacy_tag}")
-    try:
-        assert server.process.poll() is None, server.log_text()[-3000:]
-        files = {"image": ("x.png", image_bytes["png"])}
-        default = httpx.post(f"{server.url}/classify", files=files, timeout=30).json()
-        legacy = httpx.post(f"{server.url}/classify", files=files, data={"model": LEGACY_MODEL_NAME}, timeout=30).json()
-        batch = httpx.post(f"{server.url}/classify_batch", files=[("images", ("x.png", image_bytes["png"]))],
-                           data={"model": LEGACY_MODEL_NAME}, timeout=30).json()
-        unknown = httpx.post(f"{server.url}/classify", files=files, data={"model": "nope"}, timeout=30)
-        index = triton.InferenceServerClient(server.url.removeprefix("http://")).get_model_repository_index()
-        card = httpx.get(f"{server.url}/metadata", params={"model": LEGACY_MODEL_NAME}, timeout=30).json()
-    finally:
-        server.stop()
+def test_two_models_side_by_side(two_model_server: ServerProcess, cifar_model_store: ModelStore,
+                                 image_bytes: dict[str, bytes]) -> None:
+    server = two_model_server  # CIFAR10_MODELS=cifar10-cnn,<the legacy tag>
+    assert server.process.poll() is None, server.log_text()[-3000:]
+    files = {"image": ("x.png", image_bytes["png"])}
+    default = httpx.post(f"{server.url}/classify", files=files, timeout=30).json()
+    legacy = httpx.post(f"{server.url}/classify", files=files, data={"model": LEGACY_MODEL_NAME}, timeout=30).json()
+    batch = httpx.post(f"{server.url}/classify_batch", files=[("images", ("x.png", image_bytes["png"]))],
+                       data={"model": LEGACY_MODEL_NAME}, timeout=30).json()
+    unknown = httpx.post(f"{server.url}/classify", files=files, data={"model": "nope"}, timeout=30)
+    index = triton.InferenceServerClient(server.url.removeprefix("http://")).get_model_repository_index()
+    card = httpx.get(f"{server.url}/metadata", params={"model": LEGACY_MODEL_NAME}, timeout=30).json()
     assert default["model"] == cifar_model_store.tag
     assert legacy["model"] == batch[0]["model"] == cifar_model_store.legacy_tag
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
@@ -80,17 +78,17 @@ async def swap_under_load(url: str, data: bytes, new_version: str) -> tuple[list
     return answers, asked, loaded, response.status_code
 
 
-def test_swap_under_load_loses_no_request(own_store: ModelStore, image_bytes: dict[str, bytes], tmp_path: Path) -> None:
-    server = start_server(own_store, tmp_path / "serve.log", CIFAR10_MODEL_CONTROL="1")
-    try:
-        assert server.process.poll() is None, server.log_text()[-3000:]
-        new_tag = train_and_store(own_store.home, MODEL_NAME, seed=1)  # newly trained, same name
-        answers, asked, loaded, status = asyncio.run(swap_under_load(server.url, image_bytes["png"], new_tag.split(":")[1]))
-        failed_load = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load",
-                                 json={"parameters": {"version": "doesnotexist"}}, timeout=60)
-        after_failed = httpx.post(f"{server.url}/classify", files={"image": ("x.png", image_bytes["png"])}, timeout=30)
-    finally:
-        server.stop()
+def test_swap_under_load_loses_no_request(control_server: ServerProcess, control_store: ModelStore,
+                                          image_bytes: dict[str, bytes]) -> None:
+    """Runs after every other user of control_server (conftest's SHARED_SERVER_LAST): it serves the new
+    version from here on."""
+    server, own_store = control_server, control_store
+    assert server.process.poll() is None, server.log_text()[-3000:]
+    new_tag = train_and_store(own_store.home, MODEL_NAME, seed=1)  # newly trained, same name
+    answers, asked, loaded, status = asyncio.run(swap_under_load(server.url, image_bytes["png"], new_tag.split(":")[1]))
+    failed_load = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load",
+                             json={"parameters": {"version": "doesnotexist"}}, timeout=60)
+    after_failed = httpx.post(f"{server.url}/classify", files={"image": ("x.png", image_bytes["png"])}, timeout=30)
     assert status == 200
     failures = [a for a in answers if a[2] != 200]
     assert not failures, failures[:5]
@@ -102,13 +100,15 @@ def test_swap_under_load_loses_no_request(own_store: ModelStore, image_bytes: di
     assert after_failed.json()["model"] == new_tag  # a failed load left the running version serving
 
 
-def test_unload_load_and_the_clients(own_store: ModelStore, image_bytes: dict[str, bytes], tmp_path: Path) -> None:
-    """Model control through the Python client and `cifar-client`, behind the API key."""
-    server = start_server(own_store, tmp_path / "serve.log", CIFAR10_MODEL_CONTROL="1", CIFAR10_API_KEY="s3cret")
-    cli = ["--url", server.url, "--api-key", "s3cret"]
+def test_unload_load_and_the_clients(keyed_server: ServerProcess, keyed_store: ModelStore,
+                                     image_bytes: dict[str, bytes]) -> None:
+    """Model control through the Python client and `cifar-client`, behind the API key. It loads the model
+    back before it ends: keyed_server's other users find it as it started."""
+    server, own_store = keyed_server, keyed_store
+    cli = ["--url", server.url, "--api-key", API_KEY]
     try:
         refused = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/unload", timeout=30)
-        with CIFAR10Client(server.url, api_key="s3cret") as client:
+        with CIFAR10Client(server.url, api_key=API_KEY) as client:
             unloaded = client.unload(MODEL_NAME)
             with pytest.raises(ServiceError) as gone:
                 client.classify(image_bytes["png"])
@@ -117,8 +117,8 @@ def test_unload_load_and_the_clients(own_store: ModelStore, image_bytes: dict[st
             reloaded = CliRunner().invoke(app, ["load", MODEL_NAME, *cli])
             back = client.classify(image_bytes["png"])
             bad = CliRunner().invoke(app, ["load", MODEL_NAME, "--version", "nope", *cli])
-    finally:
-        server.stop()
+    finally:  # whatever happened above, the next user finds the model served
+        httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", headers=AUTH, timeout=300)
     assert refused.status_code == 401
     assert (unloaded.name, unloaded.state) == (MODEL_NAME, "UNAVAILABLE")
     assert gone.value.status_code == 404 and "unloaded" in gone.value.message
@@ -130,9 +130,11 @@ def test_unload_load_and_the_clients(own_store: ModelStore, image_bytes: dict[st
     assert bad.exit_code == 1 and "nope" in bad.stderr
 
 
-def test_every_worker_follows_a_load(own_store: ModelStore, image_bytes: dict[str, bytes], tmp_path: Path) -> None:
-    """A load reaches one worker; when it returns, all workers answer with the new version."""
-    server = start_server(own_store, tmp_path / "serve.log", CIFAR10_MODEL_CONTROL="1", CIFAR10_WORKERS="2")
+def test_every_worker_follows_a_load(keyed_server: ServerProcess, keyed_store: ModelStore,
+                                     image_bytes: dict[str, bytes]) -> None:
+    """A load reaches one worker; when it returns, all workers answer with the new version. The last user of
+    keyed_server (conftest's SHARED_SERVER_LAST): it stops the server to see the control folder go."""
+    server, own_store = keyed_server, keyed_store  # two workers, model control on, behind the API key
     try:
         assert server.process.poll() is None, server.log_text()[-3000:]
         folders = {worker.environ().get(CONTROL_DIR_ENV) for worker in server.worker_processes()}
@@ -141,13 +143,13 @@ def test_every_worker_follows_a_load(own_store: ModelStore, image_bytes: dict[st
         assert folder.name.startswith("cifar10-control-") and str(server.process.pid) not in folder.name
         assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.geteuid()
         new_tag = train_and_store(own_store.home, MODEL_NAME, seed=2)
-        loaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", timeout=300)
+        loaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", headers=AUTH, timeout=300)
         models = {classify_model(server.url, image_bytes["png"]) for _ in range(40)}
-        unloaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/unload", timeout=300)
+        unloaded = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/unload", headers=AUTH, timeout=300)
         statuses = {httpx.post(f"{server.url}/classify", files={"image": ("x.png", image_bytes["png"])},
-                               timeout=30).status_code for _ in range(20)}
-        workers = {line.split("[entry_service:cifar10_classifier:")[1].split("]")[0]
-                   for line in server.log_text().splitlines() if "now serving" in line}
+                               headers=AUTH, timeout=30).status_code for _ in range(20)}
+        workers = {line.split("[entry_service:cifar10_classifier:")[1].split("]")[0]  # this load's lines only:
+                   for line in server.log_text().splitlines() if f"now serving {new_tag} " in line}  # not earlier ones
     finally:
         server.stop()
     assert loaded.status_code == 200 and loaded.json()["version"] == new_tag.split(":")[1]
@@ -159,4 +161,4 @@ def test_every_worker_follows_a_load(own_store: ModelStore, image_bytes: dict[st
 
 def classify_model(url: str, data: bytes) -> str:
     # a new connection each time, so the kernel can hand it to either worker
-    return httpx.post(f"{url}/classify", files={"image": ("x.png", data)}, timeout=30).json()["model"]
+    return httpx.post(f"{url}/classify", files={"image": ("x.png", data)}, headers=AUTH, timeout=30).json()["model"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,22 +15,12 @@ from bad_files import corpus
 from benchmarks.harness import ServerProcess
 from clients.cli import app
 from clients.client import AsyncCIFAR10Client, CIFAR10Client, ServiceError
-from conftest import PROJECT_ROOT, ModelStore, assert_same_answer, start_server
+from conftest import API_KEY, PROJECT_ROOT, ModelStore, assert_same_answer
 
 pytestmark = pytest.mark.timeout(300)
 
-API_KEY = "test-key-0123456789abcdef"
 PNG = corpus()["one_pixel"][0]
-
-
-@pytest.fixture(scope="module")
-def keyed_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(cifar_model_store, tmp_path_factory.mktemp("keyed") / "serve.log", CIFAR10_API_KEY=API_KEY)
-    try:
-        server.require_running()
-        yield server
-    finally:
-        server.stop()
+# keyed_server (conftest): CIFAR10_API_KEY=API_KEY, shared with tests/test_model_swap.py's model control
 
 
 def bearer(key: str) -> dict[str, str]:
