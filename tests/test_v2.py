@@ -166,6 +166,24 @@ def test_malformed_requests_are_4xx(cifar_server, case: str) -> None:
     assert message and "\n" not in message and "Traceback" not in message
 
 
+DECODED_LATER = {"BYTES not an image"}  # a well-formed request: the decoder refuses the file (tests/test_hostile.py)
+
+
+@pytest.mark.parametrize("case", sorted(malformed_requests()))
+def test_parser_refuses_each_malformed_request_in_process(case: str) -> None:
+    """The same cases without a server: the parser raises the 4xx, one line, that the live route answers."""
+    body, headers = malformed_requests()[case]
+    header_length = headers.get("Inference-Header-Content-Length")
+    if case in DECODED_LATER:
+        assert parse_infer_request(body, header_length, max_images=8).count == 1
+        return
+    with pytest.raises(ProtocolError) as refused:
+        parse_infer_request(body, header_length, max_images=8)  # cifar_server's CIFAR10_MAX_BATCH_FILES
+    message = str(refused.value)
+    assert 400 <= refused.value.status_code < 500, (case, refused.value.status_code, message)
+    assert message and "\n" not in message and "Traceback" not in message
+
+
 @pytest.mark.parametrize("path", ["/v2/models/nope/infer", f"/v2/models/{MODEL_NAME}/versions/0000/infer"])
 def test_unknown_model_or_version_is_404(cifar_server, path: str) -> None:
     body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}]}
