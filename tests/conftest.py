@@ -364,9 +364,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=key)  # stable: everything else keeps its order
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def server_starts() -> list[str]:
+    """The session's server starts so far: one line each, the test that caused it and the service."""
     path = Path(os.environ[STARTS_FILE_ENV])
-    lines = path.read_text().splitlines() if path.exists() else []
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def _a_test_that_starts_a_server_is_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keeps the quick subset quick: a test not marked `server` that starts one in its body fails here."""
+    before = len(server_starts())
+    yield
+    if request.node.get_closest_marker("server") is None and len(server_starts()) > before:
+        pytest.fail(f"{request.node.nodeid} started a server but is not marked `server`: add it to "
+                    "tests/conftest.py's BODY_MARKS", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = server_starts()
     terminalreporter.write_sep("-", f"bentoml serve started {len(lines)} times")
     for line in lines:
         terminalreporter.write_line(f"  {line}")
