@@ -206,6 +206,52 @@ class AiohttpSender:
 SENDERS = {"aiohttp": AiohttpSender, "httpx": HttpxSender}
 
 
+@dataclass
+class Tally:
+    """What the recorded requests of a run gave: counts, statuses, failures by kind, latencies."""
+
+    result: LoadResult = field(default_factory=LoadResult)
+    statuses: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+
+    def add(self, milliseconds: float, status: int | None, answer: bytes, failure: str | None) -> None:
+        result = self.result
+        result.requests += 1
+        result.latencies_ms.append(milliseconds)
+        if failure is not None:
+            result.errors += 1
+            self.kinds[failure] += 1
+        elif not 200 <= status < 300:  # type: ignore[operator]
+            self.statuses[str(status)] += 1
+            result.non_2xx += 1
+            result.errors += 1
+        else:
+            self.statuses[str(status)] += 1
+            if not answer.startswith(b'{"label"'):
+                result.errors += 1
+                self.kinds["unexpected body"] += 1
+
+
+async def send_one_after_another(sender: Any, url: str, bodies: list[bytes], headers: dict[str, str], first: int,
+                                 step: int, until: float, tally: Tally | None) -> float:
+    """One client: bodies `first`, `first + step`, ... until `until`; recorded in `tally` unless None.
+    Returns when its last answer came."""
+    last, k = time.perf_counter(), first
+    while time.perf_counter() < until:
+        body = bodies[k % len(bodies)]
+        k += step
+        started = time.perf_counter()
+        status, answer, failure = None, b"", None
+        try:
+            status, answer = await sender.post(url, body, headers)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
+            failure = type(exc).__name__
+        last = time.perf_counter()
+        if tally is not None:
+            tally.add(1000 * (last - started), status, answer, failure)
+    return last
+
+
 async def drive(
     url: str,
     bodies: list[bytes],
@@ -217,63 +263,30 @@ async def drive(
     server_pid: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """N workers, each sending one request after the other: `warmup` seconds unrecorded, then `duration`."""
+    """N clients, each sending one request after the other: `warmup` seconds unrecorded, then `duration`."""
     sender = SENDERS[client](concurrency, timeout)
     headers = headers or MULTIPART_HEADERS
-    result = LoadResult()
-    statuses: Counter[str] = Counter()
-    kinds: Counter[str] = Counter()
-    recording = False
+    tally = Tally()
 
-    async def worker(index: int, until: float) -> float:
-        last = time.perf_counter()
-        k = index
-        while time.perf_counter() < until:
-            body = bodies[k % len(bodies)]
-            k += concurrency
-            started = time.perf_counter()
-            status, answer, kind = None, b"", None
-            try:
-                status, answer = await sender.post(url, body, headers)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
-                kind = type(exc).__name__
-            last = time.perf_counter()
-            if not recording:
-                continue
-            result.requests += 1
-            result.latencies_ms.append(1000 * (last - started))
-            if kind is not None:
-                result.errors += 1
-                kinds[kind] += 1
-                continue
-            statuses[str(status)] += 1
-            if not 200 <= status < 300:  # type: ignore[operator]
-                result.non_2xx += 1
-                result.errors += 1
-            elif not answer.startswith(b'{"label"'):
-                result.errors += 1
-                kinds["unexpected body"] += 1
-        return last
+    def clients(until: float, into: Tally | None) -> Any:
+        return asyncio.gather(*(send_one_after_another(sender, url, bodies, headers, i, concurrency, until, into)
+                                for i in range(concurrency)))
 
     try:
         if warmup > 0:
-            until = time.perf_counter() + warmup
-            await asyncio.gather(*(worker(i, until) for i in range(concurrency)))
-        recording = True
-        server_before = _tree_cpu(server_pid)
-        client_before = time.process_time()
+            await clients(time.perf_counter() + warmup, None)
+        server_before, client_before = _tree_cpu(server_pid), time.process_time()
         started = time.perf_counter()
-        ends = await asyncio.gather(*(worker(i, started + duration) for i in range(concurrency)))
-        result.seconds = max(ends) - started
-        result.client_cpu_s = time.process_time() - client_before
+        ends = await clients(started + duration, tally)
+        tally.result.seconds = max(ends) - started
+        tally.result.client_cpu_s = time.process_time() - client_before
         server_after = _tree_cpu(server_pid)
         if server_before is not None and server_after is not None:
-            result.server_cpu_s = server_after - server_before
+            tally.result.server_cpu_s = server_after - server_before
     finally:
         await sender.close()
-    result.statuses = dict(statuses)
-    result.error_kinds = dict(kinds)
-    return result
+    tally.result.statuses, tally.result.error_kinds = dict(tally.statuses), dict(tally.kinds)
+    return tally.result
 
 
 def _tree_cpu(pid: int | None) -> float | None:
@@ -456,6 +469,7 @@ def fmt(value: Any, spec: str = ".1f") -> str:
 
 
 def report(summary: dict[str, Any]) -> str:
+    """The table, the ratios, the targets and the machine, as the README quotes them."""
     results, args = summary["results"], summary["args"]
     lines = [
         f"serving benchmark: {args['model']}, {args['concurrency']} concurrent clients ({args['client']}), "
@@ -464,35 +478,11 @@ def report(summary: dict[str, Any]) -> str:
         f"{'server':<12} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} {'non-2xx':>8} "
         f"{'requests':>9} {'srv CPU ms/req':>15} {'cli CPU ms/req':>15}",
     ]
-    for name in ("ceiling", "ceiling-raw", "naive", "service", "service-raw"):
-        r = results.get(name)
-        if r is None:
-            lines.append(f"{name:<12} {'(skipped)':>8}")
-            continue
-        lines.append(
-            f"{name:<12} {fmt(r['throughput_rps']):>8} {fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} "
-            f"{fmt(r['p99_ms']):>8} {r['errors']:>7} {r['non_2xx']:>8} {r['requests']:>9} "
-            f"{fmt(r['server_cpu_ms_per_request'], '.2f'):>15} {fmt(r['client_cpu_ms_per_request'], '.2f'):>15}"
-        )
-    raw = results.get("raw")
-    if raw:
-        lines.append(
-            f"{'raw':<12} {fmt(raw['images_per_s']):>8} images/s in process, batches of {raw['batch']} "
-            f"({raw['calls']} calls in {raw['seconds']:g}s); one image: tf.function {raw['tf_function_1_image_ms']:g} ms, "
-            f"Keras model.predict {raw['keras_predict_1_image_ms']:g} ms"
-        )
-    else:
-        lines.append(f"{'raw':<12} {'(skipped)':>8}")
-    batching = (results.get("service") or {}).get("batching")
-    if batching:
-        lines.append(
-            f"service micro-batching: {batching['model_calls']:.0f} model calls, "
-            f"{batching['mean_batch']:g} images per call on average (warm-up included)"
-        )
-    lines += ["", "ratios:"]
-    for key, value in summary["ratios"].items():
-        lines.append(f"  {key:<28} {fmt(value, '.3f')}")
-    lines += ["", "targets (concurrency 16, default model, 2-core machine)" + (" [enforced: --check]" if args["check"] else " [reported only]") + ":"]
+    lines += [server_row(name, results.get(name)) for name in ("ceiling", "ceiling-raw", "naive", "service", "service-raw")]
+    lines += raw_rows(results)
+    lines += ["", "ratios:"] + [f"  {key:<28} {fmt(value, '.3f')}" for key, value in summary["ratios"].items()]
+    enforced = " [enforced: --check]" if args["check"] else " [reported only]"
+    lines += ["", f"targets (concurrency 16, default model, 2-core machine){enforced}:"]
     for target in summary["targets"]:
         verdict = {True: "met", False: "NOT MET", None: "n/a"}[target["met"]]
         lines.append(f"  {target['name']:<44} {fmt(target['value'], 'g'):>10}  {verdict}")
@@ -503,9 +493,33 @@ def report(summary: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['usable_cpus']} usable), {m['platform']}, "
         f"Python {m['python']}, load average at start {' '.join(str(x) for x in m['load_average_at_start'])}",
     ]
-    if raw:
-        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in raw["versions"].items()))
+    if results.get("raw"):
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in results["raw"]["versions"].items()))
     return "\n".join(lines)
+
+
+def server_row(name: str, r: dict[str, Any] | None) -> str:
+    if r is None:
+        return f"{name:<12} {'(skipped)':>8}"
+    return (
+        f"{name:<12} {fmt(r['throughput_rps']):>8} {fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} "
+        f"{fmt(r['p99_ms']):>8} {r['errors']:>7} {r['non_2xx']:>8} {r['requests']:>9} "
+        f"{fmt(r['server_cpu_ms_per_request'], '.2f'):>15} {fmt(r['client_cpu_ms_per_request'], '.2f'):>15}"
+    )
+
+
+def raw_rows(results: dict[str, Any]) -> list[str]:
+    """The in-process model row and the service's micro-batching, where measured."""
+    raw = results.get("raw")
+    rows = [f"{'raw':<12} {'(skipped)':>8}"] if not raw else [
+        f"{'raw':<12} {fmt(raw['images_per_s']):>8} images/s in process, batches of {raw['batch']} "
+        f"({raw['calls']} calls in {raw['seconds']:g}s); one image: tf.function {raw['tf_function_1_image_ms']:g} ms, "
+        f"Keras model.predict {raw['keras_predict_1_image_ms']:g} ms"]
+    batching = (results.get("service") or {}).get("batching")
+    if batching:
+        rows.append(f"service micro-batching: {batching['model_calls']:.0f} model calls, "
+                    f"{batching['mean_batch']:g} images per call on average (warm-up included)")
+    return rows
 
 
 def parse_env(text: str) -> tuple[str, str]:
