@@ -80,4 +80,9 @@ def test_gpu_bento_runs_as_non_root(cifar_model_store: ModelStore, tmp_path: Pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = final.read_text()
-    assert "FROM nvidia/cuda" in text and final_user(text) not in ("root", "0"), final_user(text)
+    assert final_user(text) not in ("root", "0"), final_user(text)
+    # no CUDA base image: the Debian base of the CPU image, with TensorFlow's CUDA wheels
+    assert "nvidia/cuda" not in text and "FROM python:3.11" in text
+    name, version = tag.split(":")
+    requirements = (cifar_model_store.home / "bentos" / name / version / "env" / "python" / "requirements.txt").read_text()
+    assert "tensorflow[and-cuda]" in requirements
