@@ -183,15 +183,9 @@ def assert_same_answer(got: Any, expected: Any, tolerance: float = 1e-6) -> None
 @pytest.fixture(scope="session")
 def cifar_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One live server for the session, against the tiny model."""
-    log = tmp_path_factory.mktemp("server") / "serve.log"
+    folder = tmp_path_factory.mktemp("server")
     limits = {"CIFAR10_MAX_BODY_BYTES": str(1024 * 1024), "CIFAR10_MAX_IMAGE_PIXELS": "4000000", "CIFAR10_MAX_BATCH_FILES": "8"}
-    own_home = cifar_model_store.copy(log.parent / "bentoml_home")  # its /metrics is its own
-    server = start_server(own_home, log, **limits)
-    try:
-        server.require_running()
-        yield server
-    finally:
-        server.stop()
+    yield from shared_server(cifar_model_store.copy(folder / "bentoml_home"), folder, **limits)  # its /metrics is its own
 
 
 # Shared servers with other settings. Tests that only read share them; a test that changes a server's
