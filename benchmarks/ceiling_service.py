@@ -42,8 +42,7 @@ class CeilingClassifier:
     """/classify decodes the upload like the real service and answers without a model."""
 
     def __init__(self) -> None:
-        self.answers = FixedAnswers(Decoder(SETTINGS.decode_threads, SETTINGS.max_image_pixels,
-                                            SETTINGS.large_image_pixels, SETTINGS.max_large_images))
+        self.answers = FixedAnswers(Decoder.from_settings(SETTINGS))
         APP.state.classifier = self.answers  # what the raw-body middleware calls
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput)

@@ -103,10 +103,8 @@ def start_classifier() -> Classifier:
                              batch_sizes.observe)
     for model, entry in DECLARED:
         registry.add(registry.load(str(model.stored.tag), entry))
-    decoder = Decoder(SETTINGS.decode_threads, SETTINGS.max_image_pixels, SETTINGS.large_image_pixels,
-                      SETTINGS.max_large_images)
-    return Classifier(SETTINGS, registry, decoder, device, Budget(SETTINGS.max_inflight_images, "images"),
-                      images_counter.inc)
+    return Classifier(SETTINGS, registry, Decoder.from_settings(SETTINGS), device,
+                      Budget(SETTINGS.max_inflight_images, "images"), images_counter.inc)
 
 
 @bentoml.asgi_app(APP, path="/")

@@ -227,6 +227,9 @@ def test_bytes_in_flight_past_the_budget_get_a_quick_503(limited_server, image_b
 def test_tricky_paths_and_tags_are_one_line_4xx(limited_server) -> None:
     status, body = raw_get(limited_server.port, "/ui/../classify")
     assert " 404 " in status and "error" in json.loads(body), (status, body)
+    wrong_method = httpx.delete(f"{limited_server.url}/v2/health/live", timeout=10)  # a route of the app, not BentoML's
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "DELETE is not allowed here"}
+    assert "GET" in wrong_method.headers["allow"]
     bad_version = httpx.post(f"{limited_server.url}/v2/repository/models/{MODEL_NAME}/load",
                              json={"parameters": {"version": "../../../etc"}}, timeout=60)
     assert bad_version.status_code == 400 and "not a valid" in bad_version.json()["error"], bad_version.text

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from service.errors import USER_ERRORS, ModelError, error_response, handle_request_error
+from service.errors import USER_ERRORS, ModelError, handle_request_error
 from service.ui.routes import UI_ROUTES
 from service.v2.routes import ROUTES as V2_ROUTES
 from service.v2.routes import classifier_of, served_model
@@ -44,9 +44,6 @@ ROUTES = [
 
 def build_app() -> Starlette:
     """The app, with its state (`classifier`, `model_control`) to be filled by the service at start-up."""
-    handlers = {error: handle_request_error for error in USER_ERRORS}
-    app = Starlette(routes=ROUTES, exception_handlers=handlers)
-    app.add_exception_handler(405, lambda request, exc: error_response(
-        ModelError(f"{request.method} is not allowed here", 405)))
-    app.add_exception_handler(404, lambda request, exc: error_response(ModelError(f"no route {request.url.path}")))
-    return app
+    # Starlette's own 404/405 answers (plain text) are turned into the JSON error shape by
+    # service.http.limits, with BentoML's router's: one mechanism for both routers
+    return Starlette(routes=ROUTES, exception_handlers={error: handle_request_error for error in USER_ERRORS})

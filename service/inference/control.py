@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from service.errors import ModelError
-from service.inference.registry import ModelRegistry, ServedModel
+from service.inference.registry import ModelRegistry, ServedModel, short_reason
 
 logger = logging.getLogger("bentoml.service.cifar10")
 POLL_S = 0.2  # how often a worker looks for a new wanted state
@@ -142,7 +142,7 @@ class SharedControl:
                     await apply(models)
                 except Exception as error:  # keep serving what works; the requesting worker reports the time-out
                     logger.warning("worker %d could not apply model state %d: %s", self.worker, generation,
-                                   str(error).splitlines()[0] if str(error) else type(error).__name__)
+                                   short_reason(error))
                 self.acknowledge(generation)
             await asyncio.sleep(POLL_S)
 

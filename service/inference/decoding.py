@@ -18,6 +18,7 @@ import numpy as np
 from contract.images import ImageError, OpenedImage, decode_opened, open_image
 from service.inference.admission import Budget
 from service.errors import RequestError
+from service.settings import Settings
 
 Result = TypeVar("Result")
 
@@ -38,6 +39,11 @@ class Decoder:
         self.large_places = Budget(large_places, "large images")
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cifar10-decode")
         self._large_pool = ThreadPoolExecutor(1, thread_name_prefix="cifar10-decode-large")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Decoder:
+        return cls(settings.decode_threads, settings.max_image_pixels, settings.large_image_pixels,
+                   settings.max_large_images)
 
     async def decode(self, files: list[bytes], field: str | None = None, indexed: bool = False) -> np.ndarray:
         """All files, as (n, 32, 32, 3) uint8. The first bad file raises its `ImageError`, or with a
