@@ -17,6 +17,12 @@ from contract.card import INPUT_SCALINGS, INPUT_SHAPE, ModelCard
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+def short_reason(error: Exception, limit: int = 120) -> str:
+    """The first line of an error (why a model could not load or import), cut to fit in a one-line message."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
 class UntrustedModel(Exception):
     """An entry whose loading could run code from the model file, without the operator's consent."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from contract.card import CIFAR10_CLASSES, INPUT_SCALINGS, DataInfo, Metrics, ModelCard
-from contract.predictor import batched, compile_inference, load_network
+from contract.predictor import batched, compile_inference, load_network, short_reason
 from training import model_safety, report, store
 from training.data import Dataset
 
@@ -285,12 +285,6 @@ def convert_or_keep(stored: StoredModel, scaling: str, data: Dataset | None, wor
         "conversion_check": f"same predictions on {len(images)} images (max difference {gap:.1e})",
     }
     return StoredModel(target, "keras", converted, facts)
-
-
-def short_reason(error: Exception, limit: int = 120) -> str:
-    """The first line of an error, cut to fit in a one-line warning."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def convert_to_keras3(network: Any, workdir: Path) -> tuple[Any, Path]:

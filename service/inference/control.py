@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from service.errors import ModelError
-from service.inference.registry import ModelRegistry, ServedModel, short_reason
+from contract.predictor import short_reason
+from service.inference.registry import ModelRegistry, ServedModel
 
 logger = logging.getLogger("bentoml.service.cifar10")
 POLL_S = 0.2  # how often a worker looks for a new wanted state

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from contract.card import ModelCard
-from contract.predictor import Predictor, UntrustedModel, load_predictor
+from contract.predictor import Predictor, UntrustedModel, load_predictor, short_reason
 from service.inference.batching import MicroBatcher
 from service.errors import ModelError
 
@@ -138,7 +138,3 @@ def checked_tag(name: str, version: str | None) -> str:
         return str(bentoml.Tag(name, version or "latest"))
     except ValueError as error:
         raise ModelError(str(error), 400) from None
-
-
-def short_reason(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
