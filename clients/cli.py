@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clients.client import CIFAR10Client, ServiceError, default_url
+from service.schemas import ModelMetadata, ModelState
 
 app = typer.Typer(help="Client for the CIFAR-10 BentoML service.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -94,9 +95,10 @@ def metadata(
     """Show which model the service runs, how it was trained and where it infers."""
     with _connected(url, timeout, api_key) as client:
         info = client.metadata(model)
-    if as_json:
-        typer.echo(info.model_dump_json(indent=2))
-        return
+    _show(info.model_dump_json(indent=2) if as_json else _metadata_table(info))
+
+
+def _metadata_table(info: ModelMetadata) -> Table:
     table = Table(title=f"Model {info.tag}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -115,7 +117,15 @@ def metadata(
     }
     for key, value in rows.items():
         table.add_row(key, value)
-    console.print(table)
+    return table
+
+
+def _show(answer: str | Table) -> None:
+    """The raw JSON (--json) as it is, or a table for people."""
+    if isinstance(answer, str):
+        typer.echo(answer)
+    else:
+        console.print(answer)
 
 
 def _percent(value: float | None) -> str:
@@ -132,15 +142,17 @@ def models(
     """List the served models and their versions (the first is the default)."""
     with _connected(url, timeout, api_key) as client:
         states = client.models()
-    if as_json:
-        typer.echo(json.dumps([state.model_dump(exclude_none=True) for state in states], indent=2))
-        return
+    raw = json.dumps([state.model_dump(exclude_none=True) for state in states], indent=2)
+    _show(raw if as_json else _models_table(states))
+
+
+def _models_table(states: list[ModelState]) -> Table:
     table = Table(title="served models")
     for column in ("name", "version", "state"):
         table.add_column(column)
     for state in states:
         table.add_row(state.name, state.version or "-", state.state + (f" ({state.reason})" if state.reason else ""))
-    console.print(table)
+    return table
 
 
 @app.command()
