@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -138,46 +139,18 @@ class ServerProcess:
         """Resident memory of the server's main process and all its workers (0 once it has exited)."""
         if self.process.poll() is not None:  # its pid may already belong to another process
             return 0
-        try:
-            root = psutil.Process(self.process.pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:  # a worker that ended between the listing and the reading
-                pass
-        return total
+        return tree_rss(self.process.pid)
 
     def worker_processes(self) -> list[psutil.Process]:
         """The service's worker processes (BentoML's `worker.service` children; none once it has exited)."""
-        if self.process.poll() is not None:
-            return []
-        try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-        workers = []
-        for child in children:
-            try:
-                if any("worker" in part for part in child.cmdline()):
-                    workers.append(child)
-            except psutil.Error:  # ended between the listing and the reading
-                pass
-        return workers
+        return [] if self.process.poll() is not None else worker_processes(self.process.pid)
 
     def worker_rss_bytes(self) -> int:
         """Resident memory of the workers alone, where images are decoded and models run (0: none)."""
         return total_rss([worker.pid for worker in self.worker_processes()])
 
     def metrics_text(self) -> str:
-        """The Prometheus text of /metrics, or '' when the server does not answer."""
-        try:
-            return httpx.get(f"{self.url}/metrics", timeout=5).text
-        except httpx.HTTPError:
-            return ""
+        return metrics_text(self.url)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM to the process group (a graceful drain), SIGKILL after `timeout`; the exit status."""
@@ -195,6 +168,86 @@ class ServerProcess:
             os.killpg(self.process.pid, signum)
         except ProcessLookupError:  # the group ended in the meantime
             pass
+
+
+@dataclass
+class RunningServer:
+    """A server the benchmark did not start (deployed, or a test's own): its URL and, when known, its main
+    process and log, so memory, CPU and tracebacks can still be read. Never stopped from here."""
+
+    url: str
+    pid: int | None = None
+    log: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(urlsplit(self.url).port or 80)
+
+    @property
+    def command(self) -> list[str]:
+        try:
+            return psutil.Process(self.pid).cmdline() if self.pid else [self.url]
+        except psutil.Error:
+            return [self.url]
+
+    def require_running(self, name: str = "server") -> None:
+        if self.pid is not None and not psutil.pid_exists(self.pid):
+            raise RuntimeError(f"{name} (pid {self.pid}) is not running")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log else ""
+
+    def rss_bytes(self) -> int:
+        return tree_rss(self.pid) if self.pid else 0
+
+    def worker_processes(self) -> list[psutil.Process]:
+        return worker_processes(self.pid) if self.pid else []
+
+    def worker_rss_bytes(self) -> int:
+        return total_rss([worker.pid for worker in self.worker_processes()])
+
+    def metrics_text(self) -> str:
+        return metrics_text(self.url)
+
+    def stop(self) -> None:
+        """Someone else's server: left running."""
+
+
+Server = ServerProcess | RunningServer  # what a benchmark drives: one it started, or one already running
+
+
+def worker_processes(pid: int) -> list[psutil.Process]:
+    """A BentoML server's worker processes: the descendants of its main process `pid` named `worker`."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    workers = []
+    for child in children:
+        try:
+            if any("worker" in part for part in child.cmdline()):
+                workers.append(child)
+        except psutil.Error:  # ended between the listing and the reading
+            pass
+    return workers
+
+
+def metrics_text(url: str) -> str:
+    """The Prometheus text of the server's /metrics, or '' when it does not answer."""
+    try:
+        return httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return ""
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants (0 once it has ended)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    return total_rss([process.pid for process in processes])
 
 
 def total_rss(pids: list[int]) -> int:

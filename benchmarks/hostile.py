@@ -52,7 +52,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks.harness import HOST, SERVICE_IMPORT, ServerProcess, machine, percentile, server_env, total_rss
+from benchmarks.harness import HOST, SERVICE_IMPORT, RunningServer, Server, ServerProcess, machine, percentile, server_env, total_rss
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 PHOTOS = FIXTURES / "images-tiny"
@@ -262,7 +262,7 @@ class Bench:
     model: str  # the tag (or name) the servers serve
     photos: list[bytes]
     files: dict[str, Path] = field(default_factory=dict)
-    server: ServerProcess | None = None
+    server: Server | None = None
 
     @property
     def source(self) -> Path:
@@ -317,7 +317,7 @@ class Monitor:
     """Runs in a child process while a case runs, so that the hostile senders (this process's CPU and GIL)
     do not delay its requests: what it measures is the server's delay."""
 
-    def __init__(self, server: ServerProcess, photos: list[bytes]) -> None:
+    def __init__(self, server: Server, photos: list[bytes]) -> None:
         self.url, self.photos = server.url, photos
         self.pids = [worker.pid for worker in server.worker_processes()]
         self.good: list[tuple[str, float]] = []  # (status or exception name, ms)
@@ -460,7 +460,7 @@ def raw_get(port: int, target: str) -> tuple[str, str]:
     return head[0], content_type
 
 
-def worker_cpu_seconds(server: ServerProcess) -> float:
+def worker_cpu_seconds(server: Server) -> float:
     total = 0.0
     for worker in server.worker_processes():
         try:
@@ -471,7 +471,7 @@ def worker_cpu_seconds(server: ServerProcess) -> float:
     return total
 
 
-def busy_seconds(server: ServerProcess, limit: float, idle_share: float = 0.3, step: float = 0.5) -> float:
+def busy_seconds(server: Server, limit: float, idle_share: float = 0.3, step: float = 0.5) -> float:
     """How long the workers keep computing (above `idle_share` of a core, the good client's share is less)."""
     started = time.monotonic()
     before = worker_cpu_seconds(server)
@@ -860,7 +860,11 @@ def run_case(bench: Bench, case: Case) -> CaseResult:
                       traceback_lines(server.log_text()[log_start:]))
 
 
-def start_server(bench: Bench, kind: str) -> ServerProcess:
+def start_server(bench: Bench, kind: str) -> Server:
+    """A server of this kind on loopback, or the running one --url names (main-server cases only)."""
+    if bench.args.url:
+        print(f"attacking the running server at {bench.args.url}", file=sys.stderr, flush=True)
+        return RunningServer(bench.args.url, bench.args.server_pid, bench.args.server_log)
     env = bench.env(BENTOML_HOME=str(bench.home), CIFAR10_MODEL=bench.model, **SERVER_SETTINGS[kind])
     for variable in ("CIFAR10_MODELS", "CIFAR10_API_KEY", "CIFAR10_TRUST_MODEL_CODE"):
         env.pop(variable, None)
@@ -879,8 +883,8 @@ def run_cases(bench: Bench, cases: list[Case]) -> tuple[list[CaseResult], list[s
         if not chosen:
             continue
         bench.server = start_server(bench, kind)
-        commands.append(f"{kind}: {' '.join(f'{k}={v}' for k, v in SERVER_SETTINGS[kind].items())} "
-                        f"{shlex.join(bench.server.command)} (log {bench.server.log})")
+        settings = f"(running at {bench.args.url})" if bench.args.url else " ".join(f"{k}={v}" for k, v in SERVER_SETTINGS[kind].items())
+        commands.append(f"{kind}: {settings} {shlex.join(bench.server.command)} (log {bench.server.log})")
         try:
             results += [run_case(bench, case) for case in chosen]
         finally:
@@ -1013,10 +1017,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, default=PROJECT_ROOT,
                         help="the checkout whose service and train-cifar run (default: this one), e.g. a git worktree of another commit")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (built files, server logs)")
+    parser.add_argument("--url", help="attack the server already running there (the main-server cases) instead of starting one")
+    parser.add_argument("--server-pid", type=int, help="with --url: its main process, so its workers' memory and CPU are measured")
+    parser.add_argument("--server-log", type=Path, help="with --url: its log, searched for tracebacks")
     args = parser.parse_args(argv)
     args.cases = args.cases or (list(QUICK_CASES) if args.quick else [case.number for case in CASES])
     args.source = args.source.resolve()
     args.settle = args.settle if args.settle is not None else (1.0 if args.quick else 5.0)
+    if args.url and any(case.server != "main" for case in CASES if case.number in args.cases):
+        parser.error("--url runs the cases of the main server only: choose them with --cases")
+    if (args.server_pid or args.server_log) and not args.url:
+        parser.error("--server-pid and --server-log go with --url")
+    if args.url and not args.model:
+        parser.error("--url needs --model: the tag the running server serves")
     return args
 
 
