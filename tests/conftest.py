@@ -166,6 +166,31 @@ def start_server(store: ModelStore, log: Path, timeout: float = 120, **env: str)
     return ServerProcess.start(SERVICE_IMPORT, store.env(**env), log, timeout=timeout, cwd=PROJECT_ROOT)
 
 
+# The service's own start-up and classifier in a plain Python process, for checks that need no HTTP:
+# importing service.service declares the models (a refused start-up raises there, as under `bentoml serve`),
+# then one worker's classifier (device, models loaded and warmed up, decoder) answers the files given.
+IN_PROCESS_SCRIPT = r"""
+import asyncio, json, sys
+from pathlib import Path
+import service.service as served
+classifier = served.start_classifier()
+files = [Path(name).read_bytes() for name in sys.argv[1:]]
+answers = asyncio.run(classifier.classify(files, 10, None, field="images"))
+print("ANSWERS=" + json.dumps([answer.model_dump() for answer in answers]))
+"""
+
+
+def service_in_process(store: ModelStore, files: list[Path], **env: str) -> subprocess.CompletedProcess[str]:
+    """The service's start-up and `/classify_batch` answer (top 10) for `files`, without a server."""
+    return subprocess.run([sys.executable, "-c", IN_PROCESS_SCRIPT, *map(str, files)], cwd=PROJECT_ROOT,
+                          env=store.env(**env), capture_output=True, text=True, timeout=300, check=False)
+
+
+def in_process_answers(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert done.returncode == 0 and "ANSWERS=" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.split("ANSWERS=", 1)[1])
+
+
 def _as_dict(answer: Any) -> dict[str, Any]:
     """An answer as the service's JSON, whether a client parsed it (pydantic) or not."""
     return answer.model_dump() if hasattr(answer, "model_dump") else dict(answer)
@@ -213,9 +238,11 @@ def control_store(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def control_server(control_store: ModelStore) -> Iterator[ServerProcess]:
-    """Model control on, small body and in-flight budgets (tests/test_hostile_limits.py), one worker; the
-    swap under load (tests/test_model_swap.py) runs last on it."""
+    """Two models (the tiny one, then the same in the format before the card), model control on, small body
+    and in-flight budgets (tests/test_hostile_limits.py), one worker; the swap under load
+    (tests/test_model_swap.py) runs last on it."""
     yield from shared_server(control_store, control_store.home.parent, CIFAR10_MODEL_CONTROL="1",
+                             CIFAR10_MODELS=f"{MODEL_NAME},{control_store.legacy_tag}",
                              CIFAR10_MAX_BODY_BYTES=str(CONTROL_MAX_BODY),
                              CIFAR10_MAX_INFLIGHT_BYTES=str(CONTROL_MAX_IN_FLIGHT))
 
@@ -231,13 +258,6 @@ def keyed_server(keyed_store: ModelStore) -> Iterator[ServerProcess]:
     test_every_worker_follows_a_load runs last on it and stops it."""
     yield from shared_server(keyed_store, keyed_store.home.parent, CIFAR10_API_KEY=API_KEY,
                              CIFAR10_MODEL_CONTROL="1", CIFAR10_WORKERS="2")
-
-
-@pytest.fixture(scope="session")
-def two_model_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """`cifar10-cnn` (the default) and the same model stored in the format written before the card."""
-    store = cifar_model_store.copy(tmp_path_factory.mktemp("two_models") / "bentoml_home")
-    yield from shared_server(store, store.home.parent, CIFAR10_MODELS=f"{MODEL_NAME},{cifar_model_store.legacy_tag}")
 
 
 def _encode(image: "Image.Image", fmt: str, **options: object) -> bytes:  # noqa: F821
@@ -305,11 +325,7 @@ MODULE_MARKS = {
 BODY_MARKS = {  # tests that start a server or train in their own body, not through a fixture
     "test_backends.py::test_service_under_jax": ("server",),
     "test_contract.py::test_bento_serves_from_its_own_source": ("training",),  # bentoml build
-    "test_model_safety.py::test_service_refuses_a_trusted_entry_without_consent": ("server",),
-    "test_model_safety.py::test_converted_legacy_model_serves_the_original_predictions": ("server",),
-    "test_service_startup.py::test_missing_model_fails_with_one_line": ("server",),
     "test_shutdown.py::test_sigterm_drains_in_flight_requests_then_refuses": ("server",),
-    "test_ui.py::test_page_asks_for_the_api_key_once": ("server",),
     "test_distributed.py::test_each_worker_trains_its_own_part_of_every_batch": ("training",),
     "test_distributed.py::test_a_killed_cluster_resumes_from_the_chiefs_checkpoint": ("training",),
     "test_distributed.py::test_an_unreachable_peer_is_one_line_and_exit_2_in_bounded_time": ("training",),

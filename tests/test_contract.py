@@ -50,11 +50,11 @@ def test_store_shows_schema_version(cifar_model_store: ModelStore) -> None:
 
 
 def test_entry_in_the_old_format_still_serves(
-    cifar_model_store: ModelStore, cifar_server, two_model_server, image_bytes: dict[str, bytes]
+    cifar_model_store: ModelStore, cifar_server, control_server, image_bytes: dict[str, bytes]
 ) -> None:
-    """two_model_server (conftest) loads the old entry at start-up beside the new one; asked by name."""
+    """control_server (conftest) loads the old entry at start-up beside the new one; asked by name."""
     assert cifar_model_store.legacy_tag.startswith(LEGACY_MODEL_NAME + ":")
-    server = two_model_server
+    server = control_server
     assert server.process.poll() is None, server.log_text()[-3000:]
     files = {"image": ("x.png", image_bytes["png"], "image/png")}
     old = httpx.post(f"{server.url}/classify", files=files, data={"top_k": "10", "model": LEGACY_MODEL_NAME},

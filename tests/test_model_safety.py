@@ -16,10 +16,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from conftest import ModelStore, start_server
+from conftest import ModelStore, in_process_answers, service_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"
@@ -493,7 +492,7 @@ def test_harmless_legacy_model_is_converted_with_the_same_predictions(
 
 
 def stored_entry(home: Path, workdir: Path, model: Path, *flags: str) -> ModelStore:
-    """Import `model` into `home` and describe the entry for conftest's `start_server`. Reusable."""
+    """Import `model` into `home` and describe the entry for conftest's servers and `service_in_process`. Reusable."""
     result = import_model(home, workdir, model, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return ModelStore(home=home, tag=imported_tag(result.stdout))
@@ -502,21 +501,20 @@ def stored_entry(home: Path, workdir: Path, model: Path, *flags: str) -> ModelSt
 def test_service_refuses_a_trusted_entry_without_consent(
     built: dict[str, Path], markers: tuple[Path, Path], home: Path, tmp_path: Path
 ) -> None:
+    """The service's start-up (in a plain process: the same module-level check `bentoml serve` runs first)."""
     entry = stored_entry(home, tmp_path / "cwd", built["build"] / "evil.h5", "--trust-model-code")
     markers[0].unlink(missing_ok=True)  # written by the trusted import's evaluation
-    server = start_server(entry, tmp_path / "serve.log", timeout=120, CIFAR10_MODEL=entry.tag)
-    try:
-        assert server.returncode is not None, "the service started with an entry that needs trust"
-        log = server.log_text()
-        assert "was imported with --trust-model-code" in log and "CIFAR10_TRUST_MODEL_CODE=1" in log, log[-3000:]
-        assert not markers[0].exists(), "the model's code ran in the service"
-    finally:
-        server.stop()
+    done = service_in_process(entry, [], CIFAR10_MODEL=entry.tag)
+    assert done.returncode != 0, "the service started with an entry that needs trust"
+    assert "was imported with --trust-model-code" in done.stderr and "CIFAR10_TRUST_MODEL_CODE=1" in done.stderr, (
+        done.stderr[-3000:])
+    assert not markers[0].exists(), "the model's code ran in the service"
 
 
 def test_converted_legacy_model_serves_the_original_predictions(
     built: dict[str, Path], home: Path, tmp_path: Path
 ) -> None:
+    """The service's own classifier (start-up, decoding, batching) answers as the original tf-keras model."""
     from PIL import Image
 
     from training.data import load_dataset
@@ -528,18 +526,11 @@ def test_converted_legacy_model_serves_the_original_predictions(
     images = load_dataset(str(DATA), 0.0, 0, None).x_test[:4]
     files = []
     for index, image in enumerate(images):
-        path = tmp_path / f"{index}.png"
-        Image.fromarray(image).save(path)
-        files.append(("images", (path.name, path.read_bytes(), "image/png")))
-    server = start_server(entry, tmp_path / "serve.log", timeout=180, CIFAR10_MODEL=entry.tag)
-    try:
-        server.require_running()
-        served = httpx.post(f"{server.url}/classify_batch", files=files, data={"top_k": "10"}, timeout=60)
-    finally:
-        server.stop()
-    assert served.status_code == 200, served.text
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(files[-1])
+    served = in_process_answers(service_in_process(entry, files, CIFAR10_MODEL=entry.tag))
     expected = expected_probabilities(original, images)
-    for row, answer_row in zip(expected, served.json()):
+    for row, answer_row in zip(expected, served):
         got = {prediction["label"]: prediction["probability"] for prediction in answer_row["top_k"]}
         assert np.allclose([got[name] for name in CLASSES], row, atol=1e-4), (got, row)
 

@@ -1,6 +1,6 @@
 """Several models side by side, and a new version swapped in under load with no failed request.
 
-The servers are the session's (conftest): two_model_server, control_server (model control on) and
+The servers are the session's (conftest): control_server (two models, model control on) and
 keyed_server (model control, the API key, two workers). The swap and the load on every worker change
 their server for good, so conftest runs them after every other test of the session (SHARED_SERVER_LAST).
 """
@@ -31,9 +31,9 @@ LOAD_SECONDS = 20.0
 AUTH = {"Authorization": f"Bearer {API_KEY}"}  # keyed_server's key
 
 
-def test_two_models_side_by_side(two_model_server: ServerProcess, cifar_model_store: ModelStore,
+def test_two_models_side_by_side(control_server: ServerProcess, cifar_model_store: ModelStore,
                                  image_bytes: dict[str, bytes]) -> None:
-    server = two_model_server  # CIFAR10_MODELS=cifar10-cnn,<the legacy tag>
+    server = control_server  # CIFAR10_MODELS=cifar10-cnn,<the legacy tag>
     assert server.process.poll() is None, server.log_text()[-3000:]
     files = {"image": ("x.png", image_bytes["png"])}
     default = httpx.post(f"{server.url}/classify", files=files, timeout=30).json()

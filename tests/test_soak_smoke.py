@@ -9,20 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import ServerProcess
 from conftest import PROJECT_ROOT, ModelStore
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_soak_smoke(cifar_model_store: ModelStore, tmp_path: Path) -> None:
+def soak_the_session_server(server: ServerProcess) -> list[str]:
+    """benchmarks/soak.py against the session's running server (it reads; it starts nothing)."""
+    return [sys.executable, str(PROJECT_ROOT / "benchmarks" / "soak.py"), "--url", server.url,
+            "--server-pid", str(server.process.pid)]
+
+
+def test_soak_smoke(cifar_model_store: ModelStore, cifar_server: ServerProcess, tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
     command = [
-        sys.executable, str(PROJECT_ROOT / "benchmarks" / "soak.py"),
-        "--duration", "8", "--warmup", "3", "--concurrency", "4",
+        *soak_the_session_server(cifar_server), "--duration", "8", "--warmup", "3", "--concurrency", "4",
         "--images", str(PROJECT_ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"),
         # a few seconds cannot show a leak: the memory target is for real runs (default 10%)
         "--max-memory-growth", "0.5",
-        "--json", str(report_path), "--server-log", str(tmp_path / "serve.log"),
+        "--json", str(report_path),
     ]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=240)
     print(result.stdout)
@@ -35,15 +41,15 @@ def test_soak_smoke(cifar_model_store: ModelStore, tmp_path: Path) -> None:
     assert report["memory_mb"]["after_warmup"] > 0 and report["memory_mb"]["end"] > 0
     for line in ("command:", "machine:", "throughput:", "errors:", "memory:", "result:     PASS"):
         assert line in result.stdout
-    assert "127.0.0.1" in report["server_command"]
+    assert "127.0.0.1" in report["server_command"] and "bentoml" in report["server_command"]
 
 
-def test_soak_fails_when_a_target_is_missed(cifar_model_store: ModelStore, tmp_path: Path) -> None:
+def test_soak_fails_when_a_target_is_missed(cifar_model_store: ModelStore, cifar_server: ServerProcess,
+                                           tmp_path: Path) -> None:
     """An impossible memory target (growth below -100%) must give a non-zero exit."""
     command = [
-        sys.executable, str(PROJECT_ROOT / "benchmarks" / "soak.py"),
-        "--duration", "3", "--warmup", "1", "--concurrency", "2", "--images", str(tmp_path / "absent"),
-        "--max-memory-growth", "-1.5",
+        *soak_the_session_server(cifar_server), "--duration", "3", "--warmup", "1", "--concurrency", "2",
+        "--images", str(tmp_path / "absent"), "--max-memory-growth", "-1.5",
     ]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=cifar_model_store.env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]

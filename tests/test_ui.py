@@ -37,7 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 UI_MODEL = "cifar10-ui"  # the tiny model stored again, with plots and per-class scores
-API_KEY = "ui-test-key"
+API_KEY = "ui-test-key"  # ui_server's CIFAR10_API_KEY: the page asks for it once
+KEY = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY = 1024 * 1024
 TEXT_FILE = b"just some notes, not a photo\n"
 
@@ -194,10 +195,10 @@ def upload(name: str, data: bytes, mime: str) -> dict[str, Any]:
     return {"name": name, "mimeType": mime, "buffer": data}
 
 
-def api_answer(server: ServerProcess, name: str, data: bytes, model: str, **headers: str) -> dict[str, Any]:
+def api_answer(server: ServerProcess, name: str, data: bytes, model: str) -> dict[str, Any]:
     files = {"image": (name, data)}
     return httpx.post(f"{server.url}/classify", files=files, data={"model": model, "top_k": "10"},
-                      headers=headers, timeout=30).json()
+                      headers=KEY, timeout=30).json()
 
 
 def results(page: Any, count: int) -> dict[str, dict[str, Any]]:
@@ -229,8 +230,9 @@ def same_host(url: str, server: ServerProcess) -> bool:
 
 @pytest.fixture(scope="module")
 def ui_server(plots_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Three served models: the one with plots (the default), the session's tiny one, the hostile one."""
-    server = running_server(plots_store, tmp_path_factory.mktemp("ui") / "serve.log",
+    """Three served models: the one with plots (the default), the session's tiny one, the hostile one; behind
+    an API key, which the page asks for once."""
+    server = running_server(plots_store, tmp_path_factory.mktemp("ui") / "serve.log", CIFAR10_API_KEY=API_KEY,
                             CIFAR10_MODELS=f"{UI_MODEL},{MODEL_NAME},{HOSTILE_MODEL}")
     try:
         yield server
@@ -293,11 +295,12 @@ def take_screenshots(page: Any, folder: Path) -> None:
 
 
 def test_page_classifies_photos_and_shows_the_card(browser: Any, ui_server: ServerProcess, tmp_path: Path) -> None:
-    metadata = httpx.get(f"{ui_server.url}/metadata", params={"model": UI_MODEL}, timeout=10).json()
+    metadata = httpx.get(f"{ui_server.url}/metadata", params={"model": UI_MODEL}, headers=KEY, timeout=10).json()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     seen = watch(page)
     page.goto(f"{ui_server.url}/ui")
+    enter_key(page, API_KEY, "missing API key")
     check_card(page, metadata, seen["responses"])
     check_uploads(page, ui_server)
     take_screenshots(page, screenshot_dir(tmp_path))
@@ -312,7 +315,7 @@ def test_page_classifies_photos_and_shows_the_card(browser: Any, ui_server: Serv
 
 def switch_model(page: Any, server: ServerProcess) -> None:
     """The selector lists the served models; choosing another changes the card and the model used."""
-    other = httpx.get(f"{server.url}/metadata", params={"model": MODEL_NAME}, timeout=10).json()
+    other = httpx.get(f"{server.url}/metadata", params={"model": MODEL_NAME}, headers=KEY, timeout=10).json()
     options = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
     assert options == [UI_MODEL, MODEL_NAME, HOSTILE_MODEL]
     page.select_option("#model", MODEL_NAME)
@@ -354,27 +357,24 @@ def paste_and_drop(page: Any) -> None:
     assert shown["pasted.png"]["state"] == shown["dropped.png"]["state"] == "done"
 
 
-def test_page_asks_for_the_api_key_once(browser: Any, plots_store: ModelStore, tmp_path: Path) -> None:
-    server = running_server(plots_store, tmp_path / "serve.log", CIFAR10_API_KEY=API_KEY, CIFAR10_MODEL=UI_MODEL)
-    try:
-        assert httpx.get(f"{server.url}/ui", timeout=10).status_code == 200  # the page needs no key
-        assert httpx.get(f"{server.url}/ui/app.js", timeout=10).status_code == 200
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.goto(f"{server.url}/ui")
-        enter_key(page, "wrong-key", "missing API key")
-        enter_key(page, API_KEY, "invalid API key")
-        expect(page.locator(".plot img")).to_have_count(2, timeout=20_000)
-        assert page.eval_on_selector_all(".plot img", "images => images.every(i => i.src.startsWith('blob:'))")
-        assert page.evaluate("sessionStorage.getItem('cifar10-api-key')") == API_KEY
-        jpeg = photo("JPEG", (500, 375))
-        page.set_input_files("#files", [upload("harbour.jpg", jpeg, "image/jpeg")])
-        expected = api_answer(server, "harbour.jpg", jpeg, UI_MODEL, authorization=f"Bearer {API_KEY}")
-        assert results(page, 1)["harbour.jpg"]["label"] == expected["label"]
-        assert not page.is_visible("#key-dialog")  # asked once: the kept key served every later request
-        context.close()
-    finally:
-        server.stop()
+def test_page_asks_for_the_api_key_once(browser: Any, ui_server: ServerProcess) -> None:
+    server = ui_server
+    assert httpx.get(f"{server.url}/ui", timeout=10).status_code == 200  # the page needs no key
+    assert httpx.get(f"{server.url}/ui/app.js", timeout=10).status_code == 200
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{server.url}/ui")
+    enter_key(page, "wrong-key", "missing API key")
+    enter_key(page, API_KEY, "invalid API key")
+    expect(page.locator(".plot img")).to_have_count(2, timeout=20_000)
+    assert page.eval_on_selector_all(".plot img", "images => images.every(i => i.src.startsWith('blob:'))")
+    assert page.evaluate("sessionStorage.getItem('cifar10-api-key')") == API_KEY
+    jpeg = photo("JPEG", (500, 375))
+    page.set_input_files("#files", [upload("harbour.jpg", jpeg, "image/jpeg")])
+    expected = api_answer(server, "harbour.jpg", jpeg, UI_MODEL)
+    assert results(page, 1)["harbour.jpg"]["label"] == expected["label"]
+    assert not page.is_visible("#key-dialog")  # asked once: the kept key served every later request
+    context.close()
 
 
 def enter_key(page: Any, key: str, message: str) -> None:
