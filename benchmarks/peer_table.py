@@ -65,7 +65,8 @@ def report(summary: dict[str, Any]) -> str:
              f"{summary['max_latency_ms']} ms everywhere", ""]
     for workload in WORKLOAD_TITLES:
         for clients in summary["clients"]:
-            lines += section(summary, workload, clients) + [""]
+            if best_runs(summary["runs"], workload, clients):
+                lines += section(summary, workload, clients) + [""]
     lines += tried_lines(summary) + [""]
     lines += ["agreement with our /classify (max |p - ours| over the check images, per server and workload):"]
     lines += [f"  {row['server']:<10} {row['setting']:<10} {row['workload']:<9} {row['max_difference']:.2e}"
@@ -87,7 +88,8 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(workload, clients) for workload in WORKLOAD_TITLES for clients in summary["clients"]]
+    panels = [(workload, clients) for workload in WORKLOAD_TITLES for clients in summary["clients"]
+              if best_runs(summary["runs"], workload, clients)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for axis, (workload, clients) in zip(axes[0], panels):
         best = best_runs(summary["runs"], workload, clients)

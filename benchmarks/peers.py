@@ -22,8 +22,10 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -36,7 +38,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages
 import numpy as np
 
 from benchmarks import peer_requests as requests
-from benchmarks.harness import SENDERS, SERVICE_IMPORT, ServerProcess, drive, free_port, machine, server_env
+from benchmarks.harness import SENDERS, SERVICE_IMPORT, ServerProcess, drive, free_port, machine, server_env, tree_cpu
 from benchmarks.peer_servers.common import FILES_MODEL_NAME, MODEL_NAME, PeerSettings
 from benchmarks.peer_table import OURS, chart, report
 from benchmarks.peer_venvs import PEERS, Venv, ensure_venv
@@ -208,6 +210,19 @@ def progress(message: str) -> None:
 # checking and measuring one server
 
 
+def settle(pid: int | None, timeout: float, interval: float = 1.0, idle_cores: float = 0.3) -> None:
+    """Wait until the server's processes use under `idle_cores` for two intervals in a row: a server answers
+    its ready path once one worker is up, while a second may still be loading its model."""
+    if pid is None:
+        return
+    deadline, quiet, before = time.monotonic() + timeout, 0, tree_cpu(pid)
+    while quiet < 2 and time.monotonic() < deadline and before is not None:
+        time.sleep(interval)
+        after = tree_cpu(pid)
+        quiet = quiet + 1 if after is not None and after - before < idle_cores * interval else 0
+        before = after
+
+
 def form_of(target: Target, workload: str) -> str:
     return target.forms.protocol_form if workload == "protocol" else target.forms.e2e_form
 
@@ -246,10 +261,24 @@ def measure(target: Target, server: Any, workload: str, bodies: requests.Request
     progress(f"[{target.server} {target.setting}] {workload}, {clients} clients, {args.warmup:g} s warm-up + {args.duration:g} s")
     accept = None if target.server == OURS and workload == "e2e" else requests.has_probabilities
     pid = server.process.pid if server.process is not None else None
+    profiler = profile(args, pid, f"{target.server}-{target.setting}-{workload}-{clients}")
     result = asyncio.run(drive(url_of(target, server, workload), bodies.bodies, clients, args.warmup, args.duration,
                                args.timeout, args.client, pid, bodies.headers, accept))
+    if profiler is not None:
+        profiler.wait()
     return {"server": target.server, "version": target.version, "setting": target.setting, "workload": workload,
             "clients": clients, "form": form_of(target, workload), **result.summary()}
+
+
+def profile(args: argparse.Namespace, pid: int | None, name: str) -> subprocess.Popen[bytes] | None:
+    """With --profile: py-spy samples the server and its workers through the run (warm-up included) into
+    DIR/<name>.txt, one collapsed stack per line with its sample count (flamegraph input)."""
+    if args.profile is None or pid is None:
+        return None
+    args.profile.mkdir(parents=True, exist_ok=True)
+    command = [args.py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--format", "raw",
+               "--duration", str(int(args.warmup + args.duration)), "--output", str(args.profile / f"{name}.txt")]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @dataclass
@@ -269,6 +298,7 @@ def run_target(target: Target, args: argparse.Namespace, inputs: Inputs, class_n
         results.not_run[f"{target.server} {target.setting}"] = f"did not start: {' '.join(str(error).split())[:300]}"
         return
     try:
+        settle(server.process.pid if server.process is not None else None, timeout=120.0)
         for workload in args.workloads:
             if workload == "protocol" and target.forms.protocol is None:
                 results.not_run.setdefault(f"{target.server} protocol", "speaks no OIP v2 (end-to-end workload only)")
@@ -322,6 +352,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (a timeout is an error)")
     parser.add_argument("--start-timeout", type=float, default=240.0)
     parser.add_argument("--ours-url", default=None, help="use our service already running there instead of starting it")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="sample every server with py-spy during each run into DIR (profiling runs: py-spy costs CPU)")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable (pip install py-spy)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--png", type=Path, default=None, help="also draw the chart to this PNG")
     args = parser.parse_args(argv)
