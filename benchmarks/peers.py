@@ -271,12 +271,13 @@ def measure(target: Target, server: Any, workload: str, bodies: requests.Request
 
 
 def profile(args: argparse.Namespace, pid: int | None, name: str) -> subprocess.Popen[bytes] | None:
-    """With --profile: py-spy samples the server and its workers through the run (warm-up included) into
+    """With --profile: py-spy samples the server and its workers through the run (warm-up included; it pauses
+    them for each sample, so profiled runs are slower, but no sample is a stack read while it changed) into
     DIR/<name>.txt, one collapsed stack per line with its sample count (flamegraph input)."""
     if args.profile is None or pid is None:
         return None
     args.profile.mkdir(parents=True, exist_ok=True)
-    command = [args.py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--format", "raw",
+    command = [args.py_spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
                "--duration", str(int(args.warmup + args.duration)), "--output", str(args.profile / f"{name}.txt")]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
