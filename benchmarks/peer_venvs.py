@@ -11,12 +11,14 @@ its reason (pip's last lines) is what the benchmark's table shows.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -68,8 +70,16 @@ def peers_dir() -> Path:
     return Path(os.environ.get(PEERS_DIR_ENV) or Path.home() / ".cache" / "cifar-serve" / "peers")
 
 
-def ensure_venv(peer: Peer, log=print) -> Venv:  # noqa: ANN001 - a print-like callable
-    """The peer's venv, installed now if it is missing or was made for other packages."""
+def ensure_venv(peer: Peer, log: Callable[[str], object] = print) -> Venv:
+    """The peer's venv, installed now if it is missing or was made for other packages; one process at a time
+    (a second one waits for the first's install, then reuses it)."""
+    peers_dir().mkdir(parents=True, exist_ok=True)
+    with open(peers_dir() / f"{peer.label}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_venv(peer, log)
+
+
+def _ensure_venv(peer: Peer, log: Callable[[str], object]) -> Venv:
     folder = peers_dir() / peer.label
     venv = Venv(peer, folder)
     wanted = [*peer.requirements, *model_requirements()]
