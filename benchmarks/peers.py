@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     from contract.machine import cpu_flags
     from contract.predictor import read_card
 
-    _, card = read_card(args.model)
+    ref, card = read_card(args.model)
+    args.model = str(ref.tag)  # `name:latest` resolved once: every server gets the same version
     if card.format != "keras":
         raise SystemExit(f"{args.model} is a {card.format} entry: the peers load .keras files only")
     inputs = load_inputs(args.images, args.num_images, args.checks)
