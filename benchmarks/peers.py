@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -117,8 +118,7 @@ class Target:
     version: str
     setting: str
     forms: Forms
-    start: Any  # () -> ServerProcess
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    start: Callable[[], Any]  # a ServerProcess, or an External server
 
 
 # ------------------------------------------------------------------------------------------------
