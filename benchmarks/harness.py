@@ -13,6 +13,7 @@ else; its output goes to a log file the caller reads when something went wrong.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import signal
@@ -20,9 +21,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -71,18 +74,25 @@ class ServerProcess:
     command: list[str]
     started_at: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None  # from spawn to /readyz 200 (None: not ready, or not waited for)
+    ready_path: str = "/readyz"
 
     @classmethod
     def spawn(cls, target: str, env: Mapping[str, str], log: Path, cwd: Path = PROJECT_ROOT) -> ServerProcess:
         """Start the server without waiting: callers that measure or signal start-up themselves."""
         port = free_port()
         command = [sys.executable, "-m", "bentoml", "serve", target, "--host", HOST, "--port", str(port)]
+        return cls.launch(command, port, target, env, log, cwd)
+
+    @classmethod
+    def launch(cls, command: list[str], port: int, target: str, env: Mapping[str, str], log: Path,
+               cwd: Path = PROJECT_ROOT, ready_path: str = "/readyz") -> ServerProcess:
+        """Any server command that listens on `port` and answers 200 on `ready_path` once ready (the peers)."""
         record_start(target, env)
         with log.open("wb") as handle:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 command, cwd=cwd, env=dict(env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
             )
-        return cls(process, port, log, command)
+        return cls(process, port, log, command, ready_path=ready_path)
 
     @classmethod
     def start(
@@ -108,13 +118,13 @@ class ServerProcess:
         return self.process.poll()
 
     def wait_ready(self, timeout: float, interval: float = 0.25) -> bool:
-        """True once /readyz answers 200, False as soon as the process exits; TimeoutError after `timeout`."""
+        """True once `ready_path` answers 200, False as soon as the process exits; TimeoutError after `timeout`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     self.ready_seconds = time.monotonic() - self.started_at
                     return True
             except httpx.HTTPError:
@@ -289,3 +299,190 @@ def percentile(values: list[float], q: float) -> float | None:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+# ------------------------------------------------------------------------------------------------
+# load generator (benchmarks/serve.py, benchmarks/peers.py)
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    seconds: float = 0.0
+    errors: int = 0  # connection errors, timeouts, unexpected answers
+    non_2xx: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        value = percentile(self.latencies_ms, q)
+        return float("nan") if value is None else value
+
+    def summary(self) -> dict[str, Any]:
+        ok = max(1, self.requests)
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.throughput, 1),
+            "p50_ms": round(self.percentile(50), 2),
+            "p95_ms": round(self.percentile(95), 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "max_ms": round(max(self.latencies_ms, default=float("nan")), 2),
+            "errors": self.errors,
+            "non_2xx": self.non_2xx,
+            "statuses": self.statuses,
+            "error_kinds": self.error_kinds,
+            "client_cpu_ms_per_request": round(1000 * self.client_cpu_s / ok, 3),
+            "server_cpu_ms_per_request": None if self.server_cpu_s is None else round(1000 * self.server_cpu_s / ok, 3),
+        }
+
+
+class HttpxSender:
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        import httpx
+
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=timeout,
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        response = await self.client.post(url, content=body, headers=headers)
+        return response.status_code, response.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class AiohttpSender:
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with self.session.post(url, data=body, headers=headers) as response:
+            return response.status, await response.read()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+SENDERS = {"aiohttp": AiohttpSender, "httpx": HttpxSender}
+
+
+@dataclass
+class Tally:
+    """What the recorded requests of a run gave: counts, statuses, failures by kind, latencies."""
+
+    result: LoadResult = field(default_factory=LoadResult)
+    statuses: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    accept: Callable[[bytes], bool] = field(default=lambda answer: answer.startswith(b'{"label"'))  # /classify's
+
+    def add(self, milliseconds: float, status: int | None, answer: bytes, failure: str | None) -> None:
+        result = self.result
+        result.requests += 1
+        result.latencies_ms.append(milliseconds)
+        if failure is not None:
+            result.errors += 1
+            self.kinds[failure] += 1
+        elif not 200 <= status < 300:  # type: ignore[operator]
+            self.statuses[str(status)] += 1
+            result.non_2xx += 1
+            result.errors += 1
+        else:
+            self.statuses[str(status)] += 1
+            if not self.accept(answer):
+                result.errors += 1
+                self.kinds["unexpected body"] += 1
+
+
+async def send_one_after_another(sender: Any, url: str, bodies: list[bytes], headers: dict[str, str], first: int,
+                                 step: int, until: float, tally: Tally | None) -> float:
+    """One client: bodies `first`, `first + step`, ... until `until`; recorded in `tally` unless None.
+    Returns when its last answer came."""
+    last, k = time.perf_counter(), first
+    while time.perf_counter() < until:
+        body = bodies[k % len(bodies)]
+        k += step
+        started = time.perf_counter()
+        status, answer, failure = None, b"", None
+        try:
+            status, answer = await sender.post(url, body, headers)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
+            failure = type(exc).__name__
+        last = time.perf_counter()
+        if tally is not None:
+            tally.add(1000 * (last - started), status, answer, failure)
+    return last
+
+
+async def drive(
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    timeout: float,
+    client: str,
+    server_pid: int | None = None,
+    headers: dict[str, str] | None = None,
+    accept: Callable[[bytes], bool] | None = None,
+) -> LoadResult:
+    """N clients, each sending one request after the other: `warmup` seconds unrecorded, then `duration`.
+    A 2xx answer counts as an error unless `accept` (default: a /classify answer) takes it."""
+    sender = SENDERS[client](concurrency, timeout)
+    headers = headers or {}
+    tally = Tally() if accept is None else Tally(accept=accept)
+
+    def clients(until: float, into: Tally | None) -> Any:
+        return asyncio.gather(*(send_one_after_another(sender, url, bodies, headers, i, concurrency, until, into)
+                                for i in range(concurrency)))
+
+    try:
+        if warmup > 0:
+            await clients(time.perf_counter() + warmup, None)
+        server_before, client_before = tree_cpu(server_pid), time.process_time()
+        started = time.perf_counter()
+        ends = await clients(started + duration, tally)
+        tally.result.seconds = max(ends) - started
+        tally.result.client_cpu_s = time.process_time() - client_before
+        server_after = tree_cpu(server_pid)
+        if server_before is not None and server_after is not None:
+            tally.result.server_cpu_s = server_after - server_before
+    finally:
+        await sender.close()
+    tally.result.statuses, tally.result.error_kinds = dict(tally.statuses), dict(tally.kinds)
+    return tally.result
+
+
+def tree_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process and its children (the server and its workers)."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return None

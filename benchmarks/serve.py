@@ -31,8 +31,6 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from benchmarks.harness import RunningServer, ServerProcess, machine, percentile, server_env
+from benchmarks.harness import SENDERS, RunningServer, ServerProcess, drive, machine, server_env
 
 SERVERS = {
     "ceiling": "benchmarks.ceiling_service:CeilingClassifier",
@@ -123,190 +121,6 @@ def multipart_body(filename: str, data: bytes) -> bytes:
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-# ------------------------------------------------------------------------------------------------
-# load generator
-
-
-@dataclass
-class LoadResult:
-    requests: int = 0
-    seconds: float = 0.0
-    errors: int = 0  # connection errors, timeouts, unexpected answers
-    non_2xx: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list, repr=False)
-    client_cpu_s: float = 0.0
-    server_cpu_s: float | None = None
-
-    @property
-    def throughput(self) -> float:
-        return self.requests / self.seconds if self.seconds > 0 else 0.0
-
-    def percentile(self, q: float) -> float:
-        value = percentile(self.latencies_ms, q)
-        return float("nan") if value is None else value
-
-    def summary(self) -> dict[str, Any]:
-        ok = max(1, self.requests)
-        return {
-            "requests": self.requests,
-            "seconds": round(self.seconds, 3),
-            "throughput_rps": round(self.throughput, 1),
-            "p50_ms": round(self.percentile(50), 2),
-            "p95_ms": round(self.percentile(95), 2),
-            "p99_ms": round(self.percentile(99), 2),
-            "max_ms": round(max(self.latencies_ms, default=float("nan")), 2),
-            "errors": self.errors,
-            "non_2xx": self.non_2xx,
-            "statuses": self.statuses,
-            "error_kinds": self.error_kinds,
-            "client_cpu_ms_per_request": round(1000 * self.client_cpu_s / ok, 3),
-            "server_cpu_ms_per_request": None if self.server_cpu_s is None else round(1000 * self.server_cpu_s / ok, 3),
-        }
-
-
-class HttpxSender:
-    def __init__(self, concurrency: int, timeout: float) -> None:
-        import httpx
-
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            timeout=timeout,
-        )
-
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        response = await self.client.post(url, content=body, headers=headers)
-        return response.status_code, response.content
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-class AiohttpSender:
-    def __init__(self, concurrency: int, timeout: float) -> None:
-        import aiohttp
-
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            skip_auto_headers=("User-Agent",),
-        )
-
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        async with self.session.post(url, data=body, headers=headers) as response:
-            return response.status, await response.read()
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-SENDERS = {"aiohttp": AiohttpSender, "httpx": HttpxSender}
-
-
-@dataclass
-class Tally:
-    """What the recorded requests of a run gave: counts, statuses, failures by kind, latencies."""
-
-    result: LoadResult = field(default_factory=LoadResult)
-    statuses: Counter[str] = field(default_factory=Counter)
-    kinds: Counter[str] = field(default_factory=Counter)
-
-    def add(self, milliseconds: float, status: int | None, answer: bytes, failure: str | None) -> None:
-        result = self.result
-        result.requests += 1
-        result.latencies_ms.append(milliseconds)
-        if failure is not None:
-            result.errors += 1
-            self.kinds[failure] += 1
-        elif not 200 <= status < 300:  # type: ignore[operator]
-            self.statuses[str(status)] += 1
-            result.non_2xx += 1
-            result.errors += 1
-        else:
-            self.statuses[str(status)] += 1
-            if not answer.startswith(b'{"label"'):
-                result.errors += 1
-                self.kinds["unexpected body"] += 1
-
-
-async def send_one_after_another(sender: Any, url: str, bodies: list[bytes], headers: dict[str, str], first: int,
-                                 step: int, until: float, tally: Tally | None) -> float:
-    """One client: bodies `first`, `first + step`, ... until `until`; recorded in `tally` unless None.
-    Returns when its last answer came."""
-    last, k = time.perf_counter(), first
-    while time.perf_counter() < until:
-        body = bodies[k % len(bodies)]
-        k += step
-        started = time.perf_counter()
-        status, answer, failure = None, b"", None
-        try:
-            status, answer = await sender.post(url, body, headers)
-        except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
-            failure = type(exc).__name__
-        last = time.perf_counter()
-        if tally is not None:
-            tally.add(1000 * (last - started), status, answer, failure)
-    return last
-
-
-async def drive(
-    url: str,
-    bodies: list[bytes],
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    timeout: float,
-    client: str,
-    server_pid: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> LoadResult:
-    """N clients, each sending one request after the other: `warmup` seconds unrecorded, then `duration`."""
-    sender = SENDERS[client](concurrency, timeout)
-    headers = headers or MULTIPART_HEADERS
-    tally = Tally()
-
-    def clients(until: float, into: Tally | None) -> Any:
-        return asyncio.gather(*(send_one_after_another(sender, url, bodies, headers, i, concurrency, until, into)
-                                for i in range(concurrency)))
-
-    try:
-        if warmup > 0:
-            await clients(time.perf_counter() + warmup, None)
-        server_before, client_before = _tree_cpu(server_pid), time.process_time()
-        started = time.perf_counter()
-        ends = await clients(started + duration, tally)
-        tally.result.seconds = max(ends) - started
-        tally.result.client_cpu_s = time.process_time() - client_before
-        server_after = _tree_cpu(server_pid)
-        if server_before is not None and server_after is not None:
-            tally.result.server_cpu_s = server_after - server_before
-    finally:
-        await sender.close()
-    tally.result.statuses, tally.result.error_kinds = dict(tally.statuses), dict(tally.kinds)
-    return tally.result
-
-
-def _tree_cpu(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process and its children (the server and its workers)."""
-    if pid is None:
-        return None
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------

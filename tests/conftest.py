@@ -320,6 +320,7 @@ MODULE_MARKS = {
     "test_benchmarks_smoke.py": ("bench", "server"),  # benchmarks/serve.py starts its own servers
     "test_soak_smoke.py": ("bench", "server"),
     "test_hostile_benchmark.py": ("bench", "server"),
+    "test_peers_smoke.py": ("bench", "server"),  # benchmarks/peers.py starts a serving peer (and uses cifar_server)
     "test_train_benchmark.py": ("bench", "training"),
 }
 BODY_MARKS = {  # tests that start a server or train in their own body, not through a fixture
