@@ -44,17 +44,23 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
     return float(-np.mean(np.log(np.clip(picked, TINY, None))))
 
 
+def confidence_bins(probabilities: np.ndarray, labels: np.ndarray,
+                    bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin (i/bins, (i+1)/bins] of the top probability: the mean confidence, the accuracy
+    (both NaN where the bin is empty) and the number of images."""
+    confidence = np.max(probabilities, axis=1).astype(np.float64)
+    correct = (np.argmax(probabilities, axis=1) == labels).astype(np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(which, confidence, bins) / counts, np.bincount(which, correct, bins) / counts, counts
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bins' sizes."""
-    confidence = np.max(probabilities, axis=1)
-    correct = np.argmax(probabilities, axis=1) == labels
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)  # (i/bins, (i+1)/bins]
-    total = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total / max(len(labels), 1))
+    confidence, accuracy, counts = confidence_bins(probabilities, labels, bins)
+    filled = counts > 0
+    return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / max(counts.sum(), 1))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
