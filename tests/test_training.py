@@ -258,6 +258,19 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     entry = Path(store_env["BENTOML_HOME"]) / "models" / tag.replace(":", "/")
     assert (entry / "reliability.png").read_bytes() == (run / "reliability.png").read_bytes()
 
+    # calibrated again with another score and rate: the same validation split, rebuilt from the card, so the
+    # same temperature; a new version with the same model file
+    again = train_cifar("calibrate", tag, "--data", str(OFFICIAL), "--ood-score", "energy", "--ood-flag-rate", "0.1",
+                        env=store_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    new_tag = saved_tag(again.stdout + ";")
+    recalibrated = stored_model(new_tag, store_env)["metadata"]
+    assert new_tag != tag and recalibrated["calibration"]["temperature"] == pytest.approx(calibration["temperature"])
+    assert (recalibrated["calibration"]["score"], recalibrated["calibration"]["flag_rate"]) == ("energy", 0.1)
+    assert recalibrated["metrics"] == meta["metrics"] and recalibrated["plots"] == meta["plots"]
+    new_entry = Path(store_env["BENTOML_HOME"]) / "models" / new_tag.replace(":", "/")
+    assert (new_entry / "model.keras").read_bytes() == (entry / "model.keras").read_bytes()
+
 
 def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: dict[str, str]) -> None:
     out = tmp_path / "compare"

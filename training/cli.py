@@ -18,7 +18,7 @@ from training import flag_help as h
 from contract.card import ScoreName
 from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
-from training.pipeline import TrainRequest, UserError, run_import, run_training
+from training.pipeline import TrainRequest, UserError, run_calibrate, run_import, run_training
 from training.recipes import LOOKAHEAD
 
 app = typer.Typer(
@@ -151,6 +151,19 @@ def import_command(
     calibrated (on half of the test images, measured on the other half: its training data is unknown)."""
     rate = checked(lambda: TrainConfig(ood_flag_rate=ood_flag_rate)).ood_flag_rate
     run_import(path, name, input_scaling.value, data, limit, trust_model_code, verbose, (rate, ood_score.value))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Annotated[str, typer.Argument(help="The stored model: name or name:version.")],
+    data: Annotated[str, typer.Option(help="The CIFAR-10 source the model was trained on (its validation split is rebuilt from the card), or for an imported model any CIFAR-10 source (half of its test images fit, half measure).")],
+    ood_flag_rate: OodFlagRateFlag = DEFAULTS.ood_flag_rate, ood_score: OodScoreFlag = Score(DEFAULTS.ood_score),
+    trust_model_code: Annotated[bool, typer.Option(help="Load an entry that needs it (a legacy or trusted import).")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show TensorFlow's start-up log (CUDA probe, oneDNN notes).")] = False,
+) -> None:
+    """Calibrate a stored model again (another --ood-flag-rate or --ood-score, or an entry from before calibration) and store it as a new version."""
+    rate = checked(lambda: TrainConfig(ood_flag_rate=ood_flag_rate)).ood_flag_rate
+    run_calibrate(model, data, rate, ood_score.value, trust_model_code, verbose)
 
 
 def main() -> None:

@@ -201,3 +201,27 @@ def run_import(path: Path, name: str, input_scaling: str, data: str | None, limi
     )
     if result.calibration is not None:
         console.print(calibration_summary(result.calibration))
+
+
+def run_calibrate(tag: str, data: str, flag_rate: float, score: ScoreName, trust_model_code: bool,
+                  verbose: bool) -> None:
+    """`train-cifar calibrate`: a bad --data fails before TensorFlow loads; a missing or untrusted entry is one line."""
+    try:
+        check_source(data)
+    except DataError as error:
+        raise UserError(str(error)) from None
+    start_tensorflow(verbose)
+    from bentoml.exceptions import NotFound
+
+    from contract.predictor import UntrustedModel
+    from training.recalibrate import recalibrate
+
+    console.print(f"calibrating {tag} on {data} ...")
+    try:
+        new_tag, calibration = recalibrate(tag, data, flag_rate, score, trust_model_code)
+    except NotFound:
+        raise UserError(f"no model {tag} in the model store") from None
+    except (UntrustedModel, DataError) as error:
+        raise UserError(str(error)) from None
+    console.print(calibration_summary(calibration))
+    console.print(f"saved to the model store as [bold]{new_tag}[/]")
