@@ -136,19 +136,24 @@ def measure(card: ModelCard, scored: Scored) -> dict[str, object]:
 
 
 def print_tables(results: dict[str, object], stored: str | None) -> None:
-    """One table: a row per score (the stored one marked), AUROC per set, then the rates at its threshold."""
-    auroc_table = results["auroc"]
-    set_names = list(next(iter(auroc_table.values())))
-    table = Table(title="AUROC (test images against each set); flag rates at each score's threshold")
-    for column in ["score", *set_names, "test falsely flagged", *[f"{name} flagged" for name in set_names]]:
-        table.add_column(column, justify="right")
-    for score, per_set in auroc_table.items():
-        flagged = results["flagged"].get(score, {})
-        false_flag = results["test_false_flag_rate"].get(score)
-        table.add_row(score + (" (stored)" if score == stored else ""), *[f"{per_set[n]:.3f}" for n in set_names],
-                      "-" if false_flag is None else f"{false_flag:.2%}",
-                      *[f"{flagged[n]:.1%}" if n in flagged else "-" for n in set_names])
-    console.print(table)
+    """AUROC per score (the stored one marked) and set; then, at each score's threshold, the share of test
+    images falsely flagged and the share of each set flagged."""
+    set_names = list(next(iter(results["auroc"].values())))
+    for title, first, rows in (
+        ("AUROC: CIFAR-10 test images against each set", [], results["auroc"]),
+        ("Flagged at each score's threshold (test: false flags)", ["test"], results["flagged"]),
+    ):
+        table = Table(title=title)
+        for column in ["score", *first, *set_names]:
+            table.add_column(column, justify="right")
+        for score, per_set in rows.items():
+            name = score + (" (stored)" if score == stored else "")
+            if first:
+                table.add_row(name, f"{results['test_false_flag_rate'][score]:.2%}",
+                              *[f"{per_set[n]:.1%}" for n in set_names])
+            else:
+                table.add_row(name, *[f"{per_set[n]:.3f}" for n in set_names])
+        console.print(table)
 
 
 def plot_distributions(scored: Scored, results: dict[str, object], path: Path, title: str) -> None:
