@@ -8,7 +8,8 @@ images and on benchmarks/ood_sets.py's sets (scikit-learn's digits, crops of the
 photos, noise, flat colours). For every score of contract/calibration.py it prints the AUROC of
 in-distribution test images against each set; and at each score's threshold (the card's for the
 stored score, the same rule on the rebuilt validation split for the others) the share of test images
-falsely flagged and the share of each set flagged. Writes ood.json and ood.png (score distributions).
+falsely flagged and the share of each set flagged. Writes ood.json, ood.png (score distributions) and
+probabilities.npz (the model's outputs on every set).
 `--data` must be the source the model was trained on, so that the validation split is rebuilt the same.
 Needs the `ood` extra: pip install -e '.[ood]'.
 """
@@ -44,12 +45,34 @@ console = Console()
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """The served model's output probabilities on every image set (what every score is computed from)."""
+
+    test: np.ndarray
+    test_labels: np.ndarray
+    held_out: np.ndarray | None  # the rebuilt validation split, where it can be rebuilt
+    sets: dict[str, np.ndarray]
+
+    def save(self, path: Path) -> None:
+        """All of them in one .npz, so other scores can be tried without running the model again."""
+        extra = {} if self.held_out is None else {"held_out": self.held_out}
+        np.savez_compressed(path, test=self.test, test_labels=self.test_labels, **extra,
+                            **{f"set:{name}": values for name, values in self.sets.items()})
+
+
+@dataclass(frozen=True)
 class Scored:
     """Every score of every image set, for one temperature."""
 
     test: dict[str, np.ndarray]  # score name -> (n,) scores of the in-distribution test images
     held_out: dict[str, np.ndarray] | None  # the same on the rebuilt validation split
     sets: dict[str, dict[str, np.ndarray]]  # set name -> score name -> scores
+
+    @classmethod
+    def of(cls, outputs: Outputs, temperature: float) -> Scored:
+        held_out = score_all(outputs.held_out, temperature) if outputs.held_out is not None else None
+        sets = {name: score_all(values, temperature) for name, values in outputs.sets.items()}
+        return cls(score_all(outputs.test, temperature), held_out, sets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,31 +98,29 @@ def held_out_split(card: ModelCard, data: str) -> tuple[np.ndarray, np.ndarray] 
     config = card.config
     if not config.get("validation_split") or "seed" not in config:
         return None
-    dataset = load_dataset(data, config["validation_split"], config["seed"], config.get("limit"))
+    dataset = load_dataset(data, config["validation_split"], config["seed"], config.get("limit"), cache=True)
     return dataset.x_val, dataset.y_val
 
 
-def score_model(args: argparse.Namespace) -> tuple[ModelCard, str, Scored, dict[str, int]]:
-    """Load the served predictor and score the test images, the validation split and every set."""
+def predict_all(args: argparse.Namespace) -> tuple[ModelCard, str, Outputs]:
+    """Load the served predictor and run it on the test images, the validation split and every set."""
     from contract.predictor import batched, load_predictor
     from training.data import load_dataset
     from training.tf_start import start_tensorflow
 
     start_tensorflow(verbose=False)
     predictor = load_predictor(args.model, trust_model_code=args.trust_model_code)
-    card = predictor.card
-    temperature = card.calibration.temperature if card.calibration else 1.0
-    test = load_dataset(args.data, 0.0, 0, args.limit)
-    test_probabilities = batched(predictor.predict, test.x_test)
-    held = held_out_split(card, args.data) if args.limit is None else None
-    held_scores = score_all(batched(predictor.predict, held[0]), temperature) if held is not None else None
+    test = load_dataset(args.data, 0.0, 0, args.limit, cache=True)
+    held = held_out_split(predictor.card, args.data) if args.limit is None else None
     sets = ood_sets(args.count, args.per_photo)
-    scored_sets = {name: score_all(batched(predictor.predict, images), temperature) for name, images in sets.items()}
-    scored = Scored(score_all(test_probabilities, temperature), held_scores, scored_sets)
-    accuracy = float(np.mean(test_probabilities.argmax(axis=1) == test.y_test))
-    console.print(f"{predictor.tag}: test accuracy {accuracy:.2%} on {len(test.y_test)} images; temperature "
-                  f"{temperature:.3f}" + ("" if card.calibration else " (uncalibrated card)"))
-    return card, predictor.tag, scored, {name: len(images) for name, images in sets.items()}
+    outputs = Outputs(batched(predictor.predict, test.x_test), test.y_test,
+                      batched(predictor.predict, held[0]) if held is not None else None,
+                      {name: batched(predictor.predict, images) for name, images in sets.items()})
+    accuracy = float(np.mean(outputs.test.argmax(axis=1) == test.y_test))
+    calibration = predictor.card.calibration
+    console.print(f"{predictor.tag}: test accuracy {accuracy:.2%} on {len(test.y_test)} images; "
+                  + (f"temperature {calibration.temperature:.3f}" if calibration else "uncalibrated card"))
+    return predictor.card, predictor.tag, outputs
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
@@ -182,8 +203,10 @@ def plot_distributions(scored: Scored, results: dict[str, object], path: Path, t
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    card, tag, scored, sizes = score_model(args)
+    card, tag, outputs = predict_all(args)
+    scored = Scored.of(outputs, card.calibration.temperature if card.calibration else 1.0)
     results = measure(card, scored)
+    sizes = {name: len(values) for name, values in outputs.sets.items()}
     stored = card.calibration.score if card.calibration else None
     print_tables(results, stored)
     output = args.output or ROOT / "runs" / f"ood-{tag.replace(':', '-')}"
@@ -194,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
               "calibration": card.calibration.model_dump(mode="json") if card.calibration else None,
               "seconds": round(time.perf_counter() - started, 1), **results}
     (output / "ood.json").write_text(json.dumps(report, indent=2))
+    outputs.save(output / "probabilities.npz")
     plot_distributions(scored, results, output / "ood.png", f"{tag}: in-distribution scores")
     console.print(f"{command}\n{report['machine']['cpu']}; wrote {output / 'ood.json'} and {output / 'ood.png'}")
 
