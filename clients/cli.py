@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clients.client import CIFAR10Client, ServiceError, default_url
-from service.schemas import ModelMetadata, ModelState
+from service.schemas import Classification, ModelMetadata, ModelState
 
 app = typer.Typer(help="Client for the CIFAR-10 BentoML service.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -78,10 +78,19 @@ def classify(
     table.add_column("label", style="bold")
     table.add_column("confidence", justify="right")
     table.add_column(f"top {top_k}")
+    table.add_column("in distribution (score)")
     for path, result in zip(images, results):
         ranked = ", ".join(f"{p.label} {p.probability:.1%}" for p in result.top_k)
-        table.add_row(path.name, result.label, f"{result.confidence:.1%}", ranked)
+        table.add_row(path.name, result.label, f"{result.confidence:.1%}", ranked, _in_distribution(result))
     console.print(table)
+
+
+def _in_distribution(result: Classification) -> str:
+    """The out-of-distribution verdict and its score; an uncalibrated model gives none."""
+    if result.in_distribution is None or result.in_distribution_score is None:
+        return "- (uncalibrated model)"
+    verdict = "yes" if result.in_distribution else "[bold red]NO: probably none of the classes[/bold red]"
+    return f"{verdict} ({result.in_distribution_score:.3f})"
 
 
 @app.command()
@@ -114,6 +123,7 @@ def _metadata_table(info: ModelMetadata) -> Table:
         "batching": f"max {info.batching.max_batch_size} images / {info.batching.max_latency_ms} ms, "
         f"{info.batching.workers} worker(s)",
         "versions": ", ".join(f"{k} {v}" for k, v in info.framework_versions.items()),
+        **_calibration_rows(info),
     }
     for key, value in rows.items():
         table.add_row(key, value)
@@ -126,6 +136,24 @@ def _show(answer: str | Table) -> None:
         typer.echo(answer)
     else:
         console.print(answer)
+
+
+def _calibration_rows(info: ModelMetadata) -> dict[str, str]:
+    """The card's calibration and the threshold this server applies (CIFAR10_OOD_THRESHOLD or the card's)."""
+    calibration = info.calibration
+    if calibration is None:
+        return {"calibration": "none: probabilities as the model gives them, no out-of-distribution flag"}
+    threshold = calibration.threshold if info.ood_threshold is None else info.ood_threshold
+    rows = {
+        "calibration": f"temperature {calibration.temperature:.4g}, fitted on {calibration.val_size} validation images",
+        "out-of-distribution": f"{calibration.score} < {threshold:.4g} is flagged "
+        f"(card's threshold {calibration.threshold:.4g}: {_percent(calibration.val_flag_rate)} of validation flagged)",
+    }
+    if calibration.test is not None:
+        test = calibration.test
+        rows["test calibration"] = (f"ECE {_percent(test.ece_before)} -> {_percent(test.ece_after)}, NLL "
+                                    f"{test.nll_before:.4f} -> {test.nll_after:.4f}, {_percent(test.flag_rate)} flagged")
+    return rows
 
 
 def _percent(value: float | None) -> str:

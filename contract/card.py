@@ -2,7 +2,8 @@
 
 One typed model, so a renamed or missing key fails loudly at the writer or the reader instead of
 silently falling back to a default. Entries written before the card existed (no `schema_version`)
-are read through `ModelCard.from_metadata`, which fills what they lack.
+are read through `ModelCard.from_metadata`, which fills what they lack. Schema 2 adds `calibration`
+(the temperature and the out-of-distribution threshold); older cards have none and serve uncalibrated.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 CIFAR10_CLASSES: list[str] = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -19,6 +20,10 @@ CIFAR10_CLASSES: list[str] = [
 INPUT_SHAPE: list[int] = [32, 32, 3]
 
 ModelFormat = Literal["keras", "tf-keras-h5", "tf-keras-savedmodel"]
+# In-distribution scores computable from a model's output probabilities (contract/calibration.py);
+# higher means more like the training data.
+ScoreName = Literal["max_probability", "margin", "neg_entropy", "energy"]
+RELIABILITY_PLOT = "reliability.png"
 InputScaling = Literal["uint8", "0-1", "-1-1"]
 
 # The file (or folder) inside the store entry for each format; "keras" is Keras 3, the others tf-keras.
@@ -65,6 +70,31 @@ class DataInfo(Strict):
     test_size: int
 
 
+class CalibrationTest(Strict):
+    """Calibration measured on the test split: expected calibration error (15 equal-width bins) and
+    negative log-likelihood before and after the temperature, and the share of test images flagged."""
+
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    flag_rate: float
+    size: int = Field(ge=0)
+
+
+class Calibration(Strict):
+    """One temperature fitted on the validation split (minimum NLL), and the out-of-distribution rule:
+    an image is in distribution when its `score` is at least `threshold`."""
+
+    temperature: float = Field(gt=0)
+    score: ScoreName
+    threshold: float
+    flag_rate: float = Field(ge=0, le=1, description="requested share of in-distribution validation images flagged")
+    val_flag_rate: float = Field(ge=0, le=1, description="share actually flagged on the validation split")
+    val_size: int = Field(ge=0)
+    test: CalibrationTest | None = None
+
+
 class ModelCard(Strict):
     """What a stored CIFAR-10 model is, how to feed it, and how it was made."""
 
@@ -93,6 +123,7 @@ class ModelCard(Strict):
     framework_versions: dict[str, str] = Field(default_factory=dict)
     trusted_code: bool = Field(False, description="imported with --trust-model-code: loading it may run its code")
     plots: list[str] = Field(default_factory=list, description="PNG files stored in the entry beside the model")
+    calibration: Calibration | None = Field(None, description="None: uncalibrated (every card before schema 2)")
 
     @model_validator(mode="after")
     def _model_file_follows_format(self) -> ModelCard:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.calibration import Calibrated
 from service.inference.admission import Budget
 from service.inference.decoding import Decoder
 from service.inference.device import Device, keras_backend
@@ -32,9 +33,9 @@ class Classifier:
 
     async def infer(self, model: str | None, version: str | None = None, *, files: list[bytes] | None = None,
                     images: np.ndarray | None = None, field: str | None = None,
-                    indexed: bool = False) -> tuple[ServedModel, np.ndarray]:
-        """Probabilities for encoded files (decoded here; a bad one names `field`) or decoded images, and
-        the model version that gave them."""
+                    indexed: bool = False) -> tuple[ServedModel, Calibrated]:
+        """Calibrated probabilities (and OOD scores and flags) for encoded files (decoded here; a bad one
+        names `field`) or decoded images, and the model version that gave them."""
         with self.images_in_flight.hold(len(files) if files is not None else len(images)):
             self.registry.get(model, version)  # an unknown model or version: 404 before any decoding
             if files is not None:
@@ -42,15 +43,19 @@ class Classifier:
             # picking the model and queueing the images happen with no await between them, so a swap
             # cannot come in between: the whole request runs on the version it picked
             served = self.registry.get(model, version)
-            probabilities = await served.predict(images)
+            outputs = await served.predict(images)
         self.count_images(len(images))
-        return served, probabilities
+        return served, outputs
 
     async def classify(self, files: list[bytes], top_k: int, model: str | None,
                        field: str | None = None) -> list[Classification]:
         """/classify and /classify_batch (with `field`: a bad file names its field and index)."""
-        served, probabilities = await self.infer(model, files=files, field=field, indexed=field is not None)
-        return [classification(row, served.predictor.class_names, top_k, served.tag) for row in probabilities]
+        served, outputs = await self.infer(model, files=files, field=field, indexed=field is not None)
+        names = served.predictor.class_names
+        if outputs.scores is None:
+            return [classification(row, names, top_k, served.tag) for row in outputs.probabilities]
+        return [classification(row, names, top_k, served.tag, bool(flag), float(score))
+                for row, score, flag in zip(outputs.probabilities, outputs.scores, outputs.in_distribution)]
 
     def describe(self, name: str | None = None) -> ModelMetadata:
         """GET /metadata: the served model's card, as stored, and how this worker serves it."""
@@ -69,6 +74,7 @@ class Classifier:
                           large_image_pixels=settings.large_image_pixels, max_large_images=settings.max_large_images,
                           max_inflight_bytes=settings.max_inflight_bytes,
                           max_inflight_images=settings.max_inflight_images),
+            calibrated=served.calibrated, ood_threshold=served.threshold,
         )
 
     @property
@@ -77,7 +83,8 @@ class Classifier:
         return bool(self.registry.models)
 
 
-def classification(probabilities: np.ndarray, class_names: list[str], top_k: int, model: str) -> Classification:
+def classification(probabilities: np.ndarray, class_names: list[str], top_k: int, model: str,
+                   in_distribution: bool | None = None, score: float | None = None) -> Classification:
     """The best class, its probability and the k best, renormalised in float64 so they sum to 1."""
     p = probabilities.astype(np.float64)
     p = p / p.sum()
@@ -87,4 +94,6 @@ def classification(probabilities: np.ndarray, class_names: list[str], top_k: int
         confidence=float(p[best[0]]),
         top_k=[Prediction(label=class_names[i], probability=float(p[i])) for i in best],
         model=model,
+        in_distribution=in_distribution,
+        in_distribution_score=score,
     )

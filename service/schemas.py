@@ -18,12 +18,19 @@ class Prediction(BaseModel):
 
 
 class Classification(BaseModel):
-    """One image's answer: the best class, its probability, the k best, and the model that answered."""
+    """One image's answer: the best class, its calibrated probability, the k best, the model that answered,
+    and whether the image looks like the model's training data (None: the model is uncalibrated)."""
 
     label: str
     confidence: float = Field(ge=0.0, le=1.0)
     top_k: list[Prediction]
     model: str = Field(description="name:version of the model in the BentoML store")
+    in_distribution: bool | None = Field(
+        None, description="false: probably none of the classes (score under the threshold); null: uncalibrated model"
+    )
+    in_distribution_score: float | None = Field(
+        None, description="the card's out-of-distribution score (higher: more like the training data)"
+    )
 
 
 class BatchingSettings(BaseModel):
@@ -60,6 +67,11 @@ class ModelMetadata(ModelCard):
     device_type: str = Field(description="GPU or CPU")
     batching: BatchingSettings
     limits: Limits
+    calibrated: bool = Field(False, description="the card holds a calibration: probabilities are calibrated, "
+                             "answers carry in_distribution")
+    ood_threshold: float | None = Field(
+        None, description="the in-distribution threshold this server applies: CIFAR10_OOD_THRESHOLD, else the card's"
+    )
 
 
 class ModelState(BaseModel):

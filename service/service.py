@@ -100,7 +100,7 @@ def start_classifier() -> Classifier:
     device = configure_device(bentoml.server_context.worker_index, SETTINGS.inference_threads)
     batch_sizes, images_counter = _metrics(SETTINGS.max_batch_size)
     registry = ModelRegistry(SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.trust_model_code,
-                             batch_sizes.observe)
+                             batch_sizes.observe, SETTINGS.ood_threshold)
     for model, entry in DECLARED:
         registry.add(registry.load(str(model.stored.tag), entry))
     return Classifier(SETTINGS, registry, Decoder.from_settings(SETTINGS), device,

@@ -7,30 +7,47 @@ start-up failure without a traceback.
 from __future__ import annotations
 
 import functools
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_MODEL_NAME = "cifar10-cnn"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
+T = TypeVar("T", int, float)
 
 
 class SettingsError(ValueError):
     """An environment variable with a value the service cannot use."""
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _number_env(env: Mapping[str, str], name: str, parse: Callable[[str], T], kind: str) -> T | None:
+    """The variable parsed by `parse` (int or float), None when unset or blank."""
     raw = env.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
-        value = int(raw)
+        return parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not {kind}") from None
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    value = _number_env(env, name, int, "an integer")
+    if value is None:
+        return default
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float_env(env: Mapping[str, str], name: str) -> float | None:
+    value = _number_env(env, name, float, "a number")
+    if value is not None and not math.isfinite(value):
+        raise SettingsError(f"{name}={value} must be a finite number")
     return value
 
 
@@ -89,6 +106,7 @@ class Settings:
     trust_model_code: bool = False  # CIFAR10_TRUST_MODEL_CODE: serve entries whose loading can run code
     model_control: bool = False  # CIFAR10_MODEL_CONTROL: the /v2/repository load and unload routes
     api_key: str | None = field(default=None, repr=False)  # CIFAR10_API_KEY: Bearer key, unset = open
+    ood_threshold: float | None = None  # CIFAR10_OOD_THRESHOLD: in-distribution threshold over every card's
     bentoml_home: str = "~/bentoml"  # where the model store is, for messages
 
     @property
@@ -118,6 +136,7 @@ class Settings:
             trust_model_code=_bool_env(env, "CIFAR10_TRUST_MODEL_CODE"),
             model_control=_bool_env(env, "CIFAR10_MODEL_CONTROL"),
             api_key=env.get("CIFAR10_API_KEY", "").strip() or None,
+            ood_threshold=_float_env(env, "CIFAR10_OOD_THRESHOLD"),
             bentoml_home=env.get("BENTOML_HOME", "~/bentoml"),
         )
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 # BEGIN service fixtures (owned by the serving half: service/, clients/, tests/test_service*.py)
 #
 # `cifar_model_store`: a temporary BENTOML_HOME holding a tiny, really trained `cifar10-cnn`
-#     model saved through training.store.save_model with its model card, and the same model in
-#     the metadata format written before the card (made in a subprocess so this pytest
-#     process's bentoml keeps its own home).
+#     model (trained on the tiny CIFAR-10 fixture, calibrated by training.calibration, unsure on
+#     noise: see tiny_network) saved through training.store.save_model with its model card, and the same model in
+#     the metadata format written before the card (no calibration; made in a subprocess so this
+#     pytest process's bentoml keeps its own home).
 # `cifar_server`: a real `bentoml serve service.service:CIFAR10Classifier` on a free port, a
 #     benchmarks.harness.ServerProcess (`start_server` starts more, with other settings).
 # `image_bytes`: small images in every format/mode the service accepts, built with Pillow.
@@ -50,39 +51,75 @@ def make_tiny_model(home: str, workdir: str) -> tuple[str, str]:
     return tag, store_unversioned_entry(path, card)
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def noise_images(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Uniform noise and Gaussian noise (sigma 64 around mid-grey), half each: what no model should
+    take for one of the ten classes."""
+    uniform = rng.integers(0, 256, (count // 2, 32, 32, 3), dtype=np.uint8)
+    gaussian = np.clip(rng.normal(128, 64, (count - count // 2, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return np.concatenate([uniform, gaussian])
+
+
+def tiny_network() -> "keras.Model":  # noqa: F821
+    """16 convolution filters for the classes, their logits scaled by a fixed (untrained) gate on the
+    image's roughness, the mean absolute difference from its 3x3 local mean: near 1 for photos, about
+    0.01 for noise. A real CIFAR-10 network learns to be unsure on noise; a model trained for seconds on
+    100 images cannot, so the gate gives the tiny one that property (nearly flat, still distinct answers
+    on noise). Built-in layers only, so the service loads it in safe mode."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, activation="relu")(x)))
+    detail = keras.layers.Subtract()([x, keras.layers.AveragePooling2D(3, strides=1, padding="same")(x)])
+    roughness = keras.layers.Add()([keras.layers.ReLU()(detail), keras.layers.ReLU()(keras.layers.Rescaling(-1.0)(detail))])
+    gate = keras.layers.Dense(1, activation="sigmoid", trainable=False, kernel_initializer=keras.initializers.Constant(-10.0),
+                              bias_initializer=keras.initializers.Constant(3.0))
+    scaled = keras.layers.Multiply()([logits, gate(keras.layers.GlobalAveragePooling2D()(roughness))])
+    return keras.Model(inputs, keras.layers.Activation("softmax")(scaled), name="tiny_cnn")
+
+
 def store_tiny_model(home: str, workdir: str, name: str, seed: int) -> tuple[str, Path, "ModelCard"]:  # noqa: F821
-    """Train a tiny Keras 3 model for one epoch on random images and store it with its card."""
+    """Train the tiny model on the tiny CIFAR-10 fixture (and its mirror images), calibrate it as
+    train-cifar does (training.calibration: temperature and threshold on held-out images, the fixture's
+    test batch; measured on the image tree's test photos) and store it with its card."""
     os.environ["BENTOML_HOME"] = home
     import keras
 
     from contract.card import CIFAR10_CLASSES, DataInfo, Metrics, ModelCard
+    from contract.predictor import compile_inference
+    from training.calibration import Predictions, fit_calibration
+    from training.config import OOD_FLAG_RATE, OOD_SCORE
+    from training.data import load_dataset
     from training.store import save_model
 
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((32, 32, 3), dtype="uint8")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(10, activation="softmax")(x)
-    model = keras.Model(inputs, outputs, name="tiny_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    rng = np.random.default_rng(seed)
-    x_train = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    y_train = rng.integers(0, 10, (64,))
-    history = model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
+    data = load_dataset(str(FIXTURES / "cifar-10-python-tiny.tar.gz"), validation_split=0.0, seed=seed)
+    unseen = load_dataset(str(FIXTURES / "images-tiny"), validation_split=0.0, seed=seed)
+    x_train, y_train = np.concatenate([data.x_train, data.x_train[:, :, ::-1]]), np.concatenate([data.y_train] * 2)
+    model = tiny_network()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x_train, y_train, epochs=20, batch_size=32, verbose=0)
     path = Path(workdir) / f"{name}-{seed}.keras"
     model.save(path)
+    served = compile_inference(model, "uint8", flip_tta=True)  # the probabilities exactly as the service computes them
+    calibration = fit_calibration(Predictions(served(data.x_test), data.y_test),
+                                  Predictions(served(unseen.x_test), unseen.y_test), OOD_FLAG_RATE, OOD_SCORE)
     card = ModelCard(
         class_names=CIFAR10_CLASSES,
         architecture="tiny_cnn",
         parameters=int(model.count_params()),
         preprocessing="rescale 1/255 inside the model",
         flip_tta=True,
-        config={"model": "tiny", "optimizer": "adam", "lr": 1e-3, "epochs": 1, "batch_size": 32, "seed": seed},
+        config={"model": "tiny", "optimizer": "adam", "lr": 1e-2, "epochs": 20, "batch_size": 32, "seed": seed},
         metrics=Metrics(test_accuracy=0.1, test_loss=2.3, train_accuracy=float(history.history["accuracy"][-1]),
-                        best_val_accuracy=0.1, epochs_run=1),
+                        best_val_accuracy=0.1, epochs_run=20),
         training_time_s=1.0,
-        data=DataInfo(source="random", train_size=64, val_size=0, test_size=0),
+        data=DataInfo(source="tests/fixtures", train_size=len(y_train), val_size=len(data.y_test),
+                      test_size=len(unseen.y_test)),
+        calibration=calibration,
     )
     return save_model(name, path, card, labels={"architecture": "tiny_cnn", "optimizer": "adam"}), path, card
 
@@ -103,13 +140,14 @@ def train_and_store(home: Path, name: str, seed: int) -> str:
 
 
 def store_unversioned_entry(path: Path, card: "ModelCard") -> str:  # noqa: F821
-    """An entry as the code before the model card wrote it: no schema_version, no trusted_code or
-    plots, framework versions as written then, and what it wrote for optional parts."""
+    """An entry as the code before the model card wrote it: no schema_version, no trusted_code, plots or
+    calibration, framework versions as written then, and what it wrote for optional parts."""
     import shutil
 
     import bentoml
 
-    metadata = card.model_dump(mode="json", exclude_none=True, exclude={"schema_version", "trusted_code", "plots"})
+    metadata = card.model_dump(mode="json", exclude_none=True,
+                               exclude={"schema_version", "trusted_code", "plots", "calibration"})
     metadata.update(framework_versions={"python": "3.11.7", "keras": "3.15.1"}, optimizer={"name": "adam"},
                     translate_tta=False, run_dir="/runs/legacy", distribute="none", precision_policy="float32")
     with bentoml.models.create(LEGACY_MODEL_NAME, labels={"architecture": "tiny_cnn"}, metadata=metadata) as ref:
@@ -197,9 +235,12 @@ def _as_dict(answer: Any) -> dict[str, Any]:
 
 
 def assert_same_answer(got: Any, expected: Any, tolerance: float = 1e-6) -> None:
-    """Two answers for the same pixels agree: label, model and every listed probability (within `tolerance`)."""
+    """Two answers for the same pixels agree: label, model, the in-distribution flag and every listed
+    probability and the score (within `tolerance`)."""
     got_d, expected_d = _as_dict(got), _as_dict(expected)
     assert (got_d["label"], got_d["model"]) == (expected_d["label"], expected_d["model"]), (got_d, expected_d)
+    assert got_d.get("in_distribution") == expected_d.get("in_distribution"), (got_d, expected_d)
+    assert got_d.get("in_distribution_score") == pytest.approx(expected_d.get("in_distribution_score"), abs=tolerance)
     probabilities = {p["label"]: p["probability"] for p in got_d["top_k"]}
     reference = {p["label"]: p["probability"] for p in expected_d["top_k"]}
     assert probabilities == pytest.approx(reference, abs=tolerance), (probabilities, reference)
@@ -218,6 +259,7 @@ def cifar_server(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPat
 API_KEY = "test-key-0123456789abcdef"  # keyed_server's CIFAR10_API_KEY
 CONTROL_MAX_BODY = 200_000  # control_server's CIFAR10_MAX_BODY_BYTES
 CONTROL_MAX_IN_FLIGHT = 300_000  # and its CIFAR10_MAX_INFLIGHT_BYTES
+CONTROL_OOD_THRESHOLD = 1000.0  # and its CIFAR10_OOD_THRESHOLD: above every score, every image is flagged
 
 
 def shared_server(store: ModelStore, folder: Path, **env: str) -> Iterator[ServerProcess]:
@@ -239,12 +281,14 @@ def control_store(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def control_server(control_store: ModelStore) -> Iterator[ServerProcess]:
     """Two models (the tiny one, then the same in the format before the card), model control on, small body
-    and in-flight budgets (tests/test_hostile_limits.py), one worker; the swap under load
+    and in-flight budgets (tests/test_hostile_limits.py), the threshold setting over the card's
+    (tests/test_calibrated_serving.py), one worker; the swap under load
     (tests/test_model_swap.py) runs last on it."""
     yield from shared_server(control_store, control_store.home.parent, CIFAR10_MODEL_CONTROL="1",
                              CIFAR10_MODELS=f"{MODEL_NAME},{control_store.legacy_tag}",
                              CIFAR10_MAX_BODY_BYTES=str(CONTROL_MAX_BODY),
-                             CIFAR10_MAX_INFLIGHT_BYTES=str(CONTROL_MAX_IN_FLIGHT))
+                             CIFAR10_MAX_INFLIGHT_BYTES=str(CONTROL_MAX_IN_FLIGHT),
+                             CIFAR10_OOD_THRESHOLD=str(CONTROL_OOD_THRESHOLD))
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from clients.cli import app
 from clients.client import AsyncCIFAR10Client, CIFAR10Client, ServiceError
-from conftest import ModelStore, assert_same_answer
+from conftest import LEGACY_MODEL_NAME, ModelStore, assert_same_answer, noise_images
 from service.schemas import ModelMetadata
 
 runner = CliRunner()
@@ -35,6 +36,7 @@ def test_sync_client(cifar_server, cifar_model_store: ModelStore, image_files: l
         assert client.ready()
         by_path = client.classify(image_files[0], top_k=5)
         assert len(by_path.top_k) == 5 and by_path.model == cifar_model_store.tag
+        assert by_path.in_distribution is not None and by_path.in_distribution_score is not None  # calibrated
         raw = httpx.post(f"{cifar_server.url}/classify", files={"image": ("a", image_bytes["png"])}, data={"top_k": "5"})
         assert_same_answer(by_path, raw.json())  # the client sends the file's bytes and parses the answer as is
         assert_same_answer(client.classify(image_bytes["png"], top_k=5), by_path)
@@ -45,7 +47,7 @@ def test_sync_client(cifar_server, cifar_model_store: ModelStore, image_files: l
         for answer, path in zip(batch, image_files):
             assert_same_answer(answer, client.classify(path))
         meta = client.metadata()
-        assert meta.tag == cifar_model_store.tag
+        assert meta.tag == cifar_model_store.tag and meta.calibrated and meta.calibration is not None
         assert meta == ModelMetadata.model_validate(httpx.get(f"{cifar_server.url}/metadata").json())
         with pytest.raises(ServiceError) as info:
             client.classify(b"not an image")
@@ -71,14 +73,20 @@ def test_async_client(cifar_server, image_files: list[Path]) -> None:
     asyncio.run(run())
 
 
-def test_cli_classify_table_and_json(cifar_server, image_files: list[Path]) -> None:
-    result = runner.invoke(app, ["classify", str(image_files[0]), "--url", cifar_server.url, "--top-k", "2"])
+def test_cli_classify_table_and_json(cifar_server, image_files: list[Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["classify", str(image_files[0]), "--url", cifar_server.url, "--top-k", "2"],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "png.png" in result.output and "cifar10-cnn" in result.output
+    assert "png.png" in result.output and "cifar10-cnn" in result.output and "in distribution" in result.output
+    noise = tmp_path / "noise.png"
+    Image.fromarray(noise_images(np.random.default_rng(9), 1)[0]).save(noise)
+    result = runner.invoke(app, ["classify", str(noise), "--url", cifar_server.url], env={"COLUMNS": "200"})
+    assert "NO: probably none of the classes" in result.output, result.output
     result = runner.invoke(app, ["classify", *map(str, image_files), "--url", cifar_server.url, "--json"])
     assert result.exit_code == 0, result.output
     answers = json.loads(result.output)
     assert [a["file"] for a in answers] == list(map(str, image_files)) and len(answers[0]["top_k"]) == 3
+    assert all(isinstance(a["in_distribution"], bool) and a["in_distribution_score"] > 0 for a in answers)
     with CIFAR10Client(cifar_server.url, timeout=30) as client:
         for answer, path in zip(answers, image_files):
             assert_same_answer(answer, client.classify(path))
@@ -86,10 +94,21 @@ def test_cli_classify_table_and_json(cifar_server, image_files: list[Path]) -> N
 
 def test_cli_metadata(cifar_server, cifar_model_store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIFAR10_URL", cifar_server.url)  # the default URL comes from the environment
-    result = runner.invoke(app, ["metadata"])
+    result = runner.invoke(app, ["metadata"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "tiny_cnn" in result.output and "CPU" in result.output
+    assert "temperature" in result.output and "is flagged" in result.output and "ECE" in result.output
     assert json.loads(runner.invoke(app, ["metadata", "--json"]).output)["tag"] == cifar_model_store.tag
+
+
+def test_cli_with_an_uncalibrated_model(two_model_server, image_files: list[Path]) -> None:
+    """The entry stored before the model card has no calibration: the CLI says so instead of a flag."""
+    url = ["--url", two_model_server.url, "--model", LEGACY_MODEL_NAME]
+    result = runner.invoke(app, ["classify", str(image_files[0]), *url], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "uncalibrated model" in result.output
+    result = runner.invoke(app, ["metadata", *url], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "no out-of-distribution flag" in result.output, result.output
 
 
 def test_cli_errors_are_one_line(cifar_server, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import LEGACY_MODEL_NAME, PROJECT_ROOT, ModelStore
+from contract.calibration import calibrate
 from contract.card import SCHEMA_VERSION, ModelCard
 from contract.images import decode_image
 from training.data import load_dataset
@@ -62,8 +63,10 @@ def test_entry_in_the_old_format_still_serves(
     new = httpx.post(f"{cifar_server.url}/classify", files=files, data={"top_k": "10"}, timeout=30).json()
     metadata = httpx.get(f"{server.url}/metadata", params={"model": LEGACY_MODEL_NAME}, timeout=10).json()
     assert old["model"] == cifar_model_store.legacy_tag
-    assert [p["label"] for p in old["top_k"]] == [p["label"] for p in new["top_k"]]
-    assert np.allclose([p["probability"] for p in old["top_k"]], [p["probability"] for p in new["top_k"]], atol=1e-6)
+    assert [p["label"] for p in old["top_k"]] == [p["label"] for p in new["top_k"]]  # a temperature keeps the order
+    temperature = httpx.get(f"{cifar_server.url}/metadata", timeout=10).json()["calibration"]["temperature"]
+    calibrated = calibrate(np.array([[p["probability"] for p in old["top_k"]]]), temperature)[0]
+    assert np.allclose(calibrated, [p["probability"] for p in new["top_k"]], atol=1e-6)  # the new card is calibrated
     assert metadata["architecture"] == "tiny_cnn" and metadata["metrics"]["test_accuracy"] == 0.1
 
 

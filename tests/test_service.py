@@ -85,7 +85,8 @@ def test_classify_formats(http: httpx.Client, image_bytes: dict[str, bytes], nam
 
 def test_classify_default_top_k(http: httpx.Client, image_bytes: dict[str, bytes]) -> None:
     body = classify(http, image_bytes["jpeg"]).json()
-    assert set(body) == {"label", "confidence", "top_k", "model"} and len(body["top_k"]) == 3
+    assert set(body) == {"label", "confidence", "top_k", "model", "in_distribution", "in_distribution_score"}
+    assert len(body["top_k"]) == 3
     assert set(body["top_k"][0]) == {"label", "probability"}
 
 

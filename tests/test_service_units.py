@@ -13,7 +13,10 @@ import pytest
 from PIL import Image
 
 from service.http.auth import ApiKeyMiddleware, bearer_token, is_open
+from contract.calibration import Calibrated, apply_calibration
+from contract.card import Calibration
 from service.inference.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
+from service.inference.calibrated import calibrated_predict, unpacked
 from service.inference.device import configure_device
 from service.http.limits import validation_message
 from contract.images import ImageError, decode_image
@@ -156,6 +159,39 @@ def test_batcher_splits_large_requests_and_reports_errors() -> None:
 
     asyncio.run(run())
     assert sizes[:3] == [4, 4, 2]
+
+
+def test_calibration_runs_per_batch_and_each_request_gets_its_rows() -> None:
+    """The calibrated rows go through the batcher's slicing and joining unchanged: every request gets what
+    contract.calibration gives for its own images, whether batched with others or split."""
+    rng = np.random.default_rng(4)
+    table = rng.dirichlet(np.full(10, 0.3), 256).astype(np.float32)  # image i's network output: row i
+
+    def network(images: np.ndarray) -> np.ndarray:
+        return table[images[:, 0, 0, 0].astype(int)]
+
+    card = Calibration(temperature=1.7, score="max_probability", threshold=0.45, flag_rate=0.05,
+                       val_flag_rate=0.05, val_size=100)
+    requests = [np.full((n, 32, 32, 3), i, np.uint8) + np.arange(n, dtype=np.uint8)[:, None, None, None]
+                for i, n in zip(range(0, 200, 20), [1, 3, 1, 9, 2, 1, 1, 4, 1, 1])]
+
+    async def run(calibration: Calibration | None, threshold: float | None) -> list[Calibrated]:
+        batcher = MicroBatcher(calibrated_predict(network, calibration, threshold), max_batch_size=4, max_latency_ms=20)
+        try:
+            rows = await asyncio.gather(*(batcher.predict(images) for images in requests))
+        finally:
+            await batcher.close()
+        return [unpacked(r, calibration is not None) for r in rows]
+
+    for calibration, threshold in ((card, None), (card, 0.9), (None, 0.9)):
+        for got, images in zip(asyncio.run(run(calibration, threshold)), requests):
+            expected = apply_calibration(network(images), calibration, threshold)
+            assert np.allclose(got.probabilities, expected.probabilities, atol=1e-7)
+            if calibration is None:
+                assert got.scores is None and got.in_distribution is None
+            else:
+                assert np.allclose(got.scores, expected.scores) and (got.in_distribution == expected.in_distribution).all()
+                assert got.in_distribution.tolist() == (got.scores >= (threshold or card.threshold)).tolist()
 
 
 def test_batcher_close_drains_queued_requests_then_refuses() -> None:
@@ -318,6 +354,9 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.from_env()
     assert settings.max_batch_size == 16 and settings.max_body_bytes == 10 * 1024 * 1024
     assert model_tag() == "cifar10-cnn-sgd:latest"
+    assert settings.ood_threshold is None  # the card's threshold
+    monkeypatch.setenv("CIFAR10_OOD_THRESHOLD", " 0.25 ")
+    assert Settings.from_env().ood_threshold == 0.25
     monkeypatch.setenv("CIFAR10_MAX_BATCH_SIZE", "lots")
     with pytest.raises(SettingsError, match="CIFAR10_MAX_BATCH_SIZE='lots' is not an integer"):
         Settings.from_env()
@@ -328,6 +367,8 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     ("CIFAR10_INFERENCE_THREADS", "two", "CIFAR10_INFERENCE_THREADS='two' is not an integer"),
     ("CIFAR10_TRUST_MODEL_CODE", "maybe", "CIFAR10_TRUST_MODEL_CODE='maybe' is not a switch"),
     ("CIFAR10_MODELS", "a,b,a:1", "names a model twice"),
+    ("CIFAR10_OOD_THRESHOLD", "high", "CIFAR10_OOD_THRESHOLD='high' is not a number"),
+    ("CIFAR10_OOD_THRESHOLD", "nan", "must be a finite number"),
 ])
 def test_every_setting_is_validated(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
     monkeypatch.setenv(name, value)

@@ -245,6 +245,32 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     assert report["cpu"] == cpu_info.describe_cpu()
     assert report["cpu_speedups"] == list(cpu_info.chosen_speedups("cnn"))  # what measured faster here for cnn
 
+    # calibrated on the 20 validation images, measured on the 50 test images; the diagram stored with the model
+    calibration = meta["calibration"]
+    assert calibration == report["calibration"] and calibration["val_size"] == 20
+    assert calibration["score"] == "max_probability" and calibration["flag_rate"] == 0.05
+    assert calibration["test"]["size"] == 50 and calibration["temperature"] > 0
+    printed = re.search(r"test ECE ([\d.]+)% -> ([\d.]+)%", result.stdout)
+    assert printed and float(printed[1]) == round(100 * calibration["test"]["ece_before"], 2), result.stdout
+    assert float(printed[2]) == round(100 * calibration["test"]["ece_after"], 2)
+    assert 0 < report["calibration_time_s"] < report["training_time_s"]
+    assert meta["plots"] == ["curves.png", "confusion_matrix.png", "reliability.png"]
+    entry = Path(store_env["BENTOML_HOME"]) / "models" / tag.replace(":", "/")
+    assert (entry / "reliability.png").read_bytes() == (run / "reliability.png").read_bytes()
+
+    # calibrated again with another score and rate: the same validation split, rebuilt from the card, so the
+    # same temperature; a new version with the same model file
+    again = train_cifar("calibrate", tag, "--data", str(OFFICIAL), "--ood-score", "energy", "--ood-flag-rate", "0.1",
+                        env=store_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    new_tag = saved_tag(again.stdout + ";")
+    recalibrated = stored_model(new_tag, store_env)["metadata"]
+    assert new_tag != tag and recalibrated["calibration"]["temperature"] == pytest.approx(calibration["temperature"])
+    assert (recalibrated["calibration"]["score"], recalibrated["calibration"]["flag_rate"]) == ("energy", 0.1)
+    assert recalibrated["metrics"] == meta["metrics"] and recalibrated["plots"] == meta["plots"]
+    new_entry = Path(store_env["BENTOML_HOME"]) / "models" / new_tag.replace(":", "/")
+    assert (new_entry / "model.keras").read_bytes() == (entry / "model.keras").read_bytes()
+
 
 def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: dict[str, str]) -> None:
     out = tmp_path / "compare"
@@ -536,6 +562,9 @@ def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store
     expected_scaling = {"h5": {"0-1"}, "savedmodel": {"0-1", "-1-1"}, "keras": {"uint8"}}[kind]
     assert meta["input_scaling"] in expected_scaling
     assert meta["data"]["test_size"] == 50
+    # calibrated on half of each class's test images (the model's training data is unknown), measured on the rest
+    assert meta["calibration"]["val_size"] == 20 and meta["calibration"]["test"]["size"] == 30
+    assert "reliability.png" in meta["plots"] and "calibration: temperature" in result.stdout
 
     # the stored accuracy is the one the served model gets on the same test images
     check = subprocess.run(

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import ServerProcess
-from conftest import MODEL_NAME, PROJECT_ROOT, ModelStore, start_server
+from conftest import MODEL_NAME, PROJECT_ROOT, ModelStore, noise_images, start_server
 from service.http.routes import build_app
 from service.ui.routes import ASSETS, STATIC_DIR
 
@@ -97,6 +97,7 @@ import numpy as np
 
 from contract.card import Metrics, ModelCard
 from contract.predictor import read_card
+from training.calibration import Predictions, plot_reliability
 from training.report import confusion_matrix, per_class_scores, plot_confusion_matrix, plot_curves
 from training.store import save_model
 
@@ -108,24 +109,26 @@ truth = rng.integers(0, 10, 2000)
 matrix = confusion_matrix(truth, np.where(rng.random(2000) < 0.8, truth, rng.integers(0, 10, 2000)), 10)
 history = {"accuracy": [0.4, 0.6, 0.7, 0.75], "val_accuracy": [0.45, 0.62, 0.7, 0.74],
            "loss": [1.6, 1.1, 0.9, 0.8], "val_loss": [1.5, 1.1, 0.95, 0.85], "learning_rate": [1e-3] * 4}
-plots = [work / "curves.png", work / "confusion_matrix.png"]
+plots = [work / "curves.png", work / "confusion_matrix.png", work / "reliability.png"]
 plot_curves(history, plots[0], name)
 plot_confusion_matrix(matrix, card.class_names, plots[1], name)
+overconfident = Predictions(rng.dirichlet(np.full(10, 0.2), 2000), truth)
+plot_reliability(overconfident, card.calibration.temperature, plots[2], name)
 
 
-def with_scores(class_names, architecture, config):
+def with_scores(class_names, architecture, config, calibration):
     values = card.model_dump() | {
-        "class_names": class_names, "architecture": architecture, "config": config,
+        "class_names": class_names, "architecture": architecture, "config": config, "calibration": calibration,
         "per_class": per_class_scores(matrix, class_names),
         "metrics": Metrics(test_accuracy=float(np.trace(matrix) / matrix.sum()), test_loss=0.61, epochs_run=4),
     }
     return ModelCard.model_validate(values)
 
 
-ui = with_scores(card.class_names, "tiny_cnn (stored again with plots)", card.config)
+ui = with_scores(card.class_names, "tiny_cnn (stored again with plots)", card.config, card.calibration)
 print("TAG=" + save_model(name, model_file, ui, labels, extra_files=plots))
-hostile_names = card.class_names[:-1] + [hostile_class]
-save_model(hostile_name, model_file, with_scores(hostile_names, hostile_architecture, {"note": hostile_class}), labels)
+hostile_names = card.class_names[:-1] + [hostile_class]  # and uncalibrated, as an imported model without data
+save_model(hostile_name, model_file, with_scores(hostile_names, hostile_architecture, {"note": hostile_class}, None), labels)
 """
 # A model file that users import can name its classes anything: the page must show it as text.
 HOSTILE_MODEL = "cifar10-hostile"
@@ -250,8 +253,12 @@ def watch(page: Any) -> dict[str, Any]:
 
 
 def check_card(page: Any, metadata: dict[str, Any], responses: dict[str, Any]) -> None:
-    """The card shows the model's accuracy and scores, and both plots loaded as PNGs."""
-    expect(page.locator(".plot img")).to_have_count(2, timeout=20_000)
+    """The card shows the model's accuracy, scores and calibration, and the three plots loaded as PNGs."""
+    expect(page.locator(".plot img")).to_have_count(3, timeout=20_000)
+    assert "Reliability diagram" in page.text_content("#plots")
+    calibration = page.text_content("#card-calibration")
+    assert f"{metadata['calibration']['temperature']:.3f}" in calibration
+    assert f"{metadata['ood_threshold']:.4f}" in calibration and not page.is_visible("#calibration-none")
     assert page.text_content("#card-accuracy") == accuracy_text(metadata)
     assert page.text_content("#card-tag") == metadata["tag"]
     assert page.locator("#per-class tbody tr").count() == len(metadata["per_class"]) == 10
@@ -281,8 +288,32 @@ def check_uploads(page: Any, server: ServerProcess) -> None:
         assert shown[name]["state"] == "error"
         assert shown[name]["error"] == api_answer(server, name, data, UI_MODEL)["error"]
     assert shown["huge.jpg"]["error"].startswith(f"request body is over the limit of {MAX_BODY} bytes")
+    flags_as_the_api(page, server, {"harbour.jpg": jpeg, "meadow.png": png})
     assert page.eval_on_selector_all(".result[data-state=done] canvas", """canvases => canvases.every(c =>
         c.getContext('2d').getImageData(0, 0, 32, 32).data.some((v, i) => i % 4 !== 3 && v !== 255))""")
+
+
+NOISE = noise_images(np.random.default_rng(22), 1)[0]  # Gaussian noise, 32x32: the pixels the model sees
+
+
+def flags_as_the_api(page: Any, server: ServerProcess, photos: dict[str, bytes]) -> None:
+    """A noise image is said plainly to be none of the ten classes; each photo's answer says what the
+    API's `in_distribution` says."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(NOISE).save(buffer, "PNG")
+    page.set_input_files("#files", [upload("noise.png", buffer.getvalue(), "image/png")])
+    results(page, 6)
+    noise = page.locator(".result").first
+    assert api_answer(server, "noise.png", buffer.getvalue(), UI_MODEL)["in_distribution"] is False
+    expect(noise.locator(".ood.warning")).to_contain_text("Probably none of the ten classes")
+    assert noise.get_attribute("data-in-distribution") == "false"
+    for name, data in photos.items():
+        item = page.locator(".result", has=page.locator(".file-name", has_text=name))
+        flagged = api_answer(server, name, data, UI_MODEL)["in_distribution"] is False
+        assert item.locator(".ood.warning").count() == int(flagged)
+        assert item.get_attribute("data-in-distribution") == str(not flagged).lower()
 
 
 def take_screenshots(page: Any, folder: Path) -> None:
@@ -323,7 +354,7 @@ def switch_model(page: Any, server: ServerProcess) -> None:
     assert page.text_content("#card-accuracy") == accuracy_text(other)
     assert page.is_visible("#plots-none")
     page.set_input_files("#files", [upload("again.png", photo("PNG", (64, 64)), "image/png")])
-    assert results(page, 6)["again.png"]["model"] == f"model {other['tag']}"
+    assert results(page, 7)["again.png"]["model"] == f"model {other['tag']}"
 
 
 def hostile_names_are_text(page: Any) -> None:
@@ -333,8 +364,10 @@ def hostile_names_are_text(page: Any) -> None:
     assert HOSTILE_CLASS in page.text_content("#class-list")
     assert page.locator("#per-class tbody th").last.text_content() == HOSTILE_CLASS
     page.set_input_files("#files", [upload("third.png", photo("PNG", (80, 60)), "image/png")])
-    results(page, 7)
+    results(page, 8)
     assert HOSTILE_CLASS in page.locator(".result").first.locator(".bars").text_content()
+    assert "not calibrated" in page.locator(".result").first.locator(".ood").text_content()  # an uncalibrated card
+    assert page.is_visible("#calibration-none") and not page.is_visible("#card-calibration")
     assert page.evaluate("window.pwned") is None
     assert page.locator("img[src='x'], b, script:not([src])").count() == 0
 
@@ -353,7 +386,7 @@ def paste_and_drop(page: Any) -> None:
     data = list(photo("PNG", (48, 40)))
     page.evaluate(SEND_AS, ["pasted", data])
     page.evaluate(SEND_AS, ["dropped", data])
-    shown = results(page, 9)
+    shown = results(page, 10)
     assert shown["pasted.png"]["state"] == shown["dropped.png"]["state"] == "done"
 
 
@@ -366,7 +399,7 @@ def test_page_asks_for_the_api_key_once(browser: Any, ui_server: ServerProcess) 
     page.goto(f"{server.url}/ui")
     enter_key(page, "wrong-key", "missing API key")
     enter_key(page, API_KEY, "invalid API key")
-    expect(page.locator(".plot img")).to_have_count(2, timeout=20_000)
+    expect(page.locator(".plot img")).to_have_count(3, timeout=20_000)
     assert page.eval_on_selector_all(".plot img", "images => images.every(i => i.src.startsWith('blob:'))")
     assert page.evaluate("sessionStorage.getItem('cifar10-api-key')") == API_KEY
     jpeg = photo("JPEG", (500, 375))

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import struct
+from typing import Any
 
 import httpx
 import numpy as np
@@ -15,9 +16,10 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from conftest import MODEL_NAME, ModelStore
+from contract.calibration import Calibrated
 from contract.card import CIFAR10_CLASSES
 from service.errors import ProtocolError
-from service.v2.protocol import parse_infer_request
+from service.v2.protocol import infer_response, length_prefixed, parse_infer_request
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,7 +62,8 @@ def test_health_and_metadata(client, cifar_model_store: ModelStore) -> None:
     metadata = client.get_model_metadata(MODEL_NAME)
     assert metadata["name"] == MODEL_NAME and metadata["versions"] == [version]
     assert {(i["name"], i["datatype"]) for i in metadata["inputs"]} == {("images", "UINT8"), ("image_files", "BYTES")}
-    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert metadata["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}
+    assert [o["name"] for o in metadata["outputs"][1:]] == ["in_distribution", "in_distribution_score"]  # calibrated
     assert client.get_model_metadata(MODEL_NAME, version)["versions"] == [version]
     assert client.is_model_ready(MODEL_NAME) and client.is_model_ready(MODEL_NAME, version)
     assert not client.is_model_ready(MODEL_NAME, "0000") and not client.is_model_ready("no-such-model")
@@ -153,6 +156,11 @@ def malformed_requests() -> dict[str, tuple[bytes, dict[str, str]]]:
         "unknown output": as_json({"inputs": [{**image, "data": [0] * 3072}], "outputs": [{"name": "logits"}]}),
         "negative classification": as_json({"inputs": [{**image, "data": [0] * 3072}],
                                             "outputs": [{"name": "probabilities", "parameters": {"classification": -2}}]}),
+        "classification of the flag": as_json({"inputs": [{**image, "data": [0] * 3072}], "outputs": [
+            {"name": "in_distribution", "parameters": {"classification": 2}}]}),
+        "an output twice": as_json({"inputs": [{**image, "data": [0] * 3072}], "outputs": [
+            {"name": "in_distribution_score"}, {"name": "in_distribution_score"}]}),
+        "empty outputs": as_json({"inputs": [{**image, "data": [0] * 3072}], "outputs": []}),
     }
 
 
@@ -232,3 +240,57 @@ def test_bad_files_as_bytes_tensor(cifar_server) -> None:
 def client_still_answers(url: str) -> bool:
     body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}]}
     return httpx.post(f"{url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=30).status_code == 200
+
+
+# ---- the in-distribution outputs (issue 22), encoded without a server ------------------------------------
+
+CALIBRATED = Calibrated(probabilities=np.array([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]], dtype=np.float32),
+                        scores=np.array([0.65, 0.12], dtype=np.float32), in_distribution=np.array([True, False]))
+UNCALIBRATED = Calibrated(probabilities=CALIBRATED.probabilities, scores=None, in_distribution=None)
+
+
+def encoded(outputs: list[dict] | None, calibrated: Calibrated = CALIBRATED, binary: bool = False) -> dict[str, Any]:
+    """name -> values of each output in the answer to a request asking for `outputs` (None: not named)."""
+    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [2, 32, 32, 3], "data": [0] * 6144}],
+            "parameters": {"binary_data_output": binary}, **({"outputs": outputs} if outputs is not None else {})}
+    parsed = parse_infer_request(json.dumps(body).encode(), None, max_images=8)
+    content, headers = infer_response("m", "1", parsed, calibrated, ["a", "b", "c"])
+    length = int(headers.get("Inference-Header-Content-Length", len(content)))
+    answer, payload = json.loads(content[:length]), content[length:]
+    values = {}
+    for output in answer["outputs"]:
+        if "data" in output:
+            values[output["name"]] = (output["datatype"], output["data"])
+            continue
+        size, datatype = output["parameters"]["binary_data_size"], output["datatype"]
+        if datatype == "BYTES":
+            data = [item.decode() for item in length_prefixed(payload[:size], int(np.prod(output["shape"])))]
+        else:
+            data = np.frombuffer(payload[:size], {"BOOL": np.bool_, "FP32": "<f4"}[datatype]).tolist()
+        values[output["name"]] = (datatype, data)
+        payload = payload[size:]
+    assert not payload
+    return values
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_every_output_by_default_and_any_subset(binary: bool) -> None:
+    every = encoded(None, binary=binary)
+    assert list(every) == ["probabilities", "in_distribution", "in_distribution_score"]
+    assert every["in_distribution"] == ("BOOL", [True, False])
+    assert every["in_distribution_score"][0] == "FP32"
+    assert every["in_distribution_score"][1] == pytest.approx([0.65, 0.12])
+    assert every["probabilities"][1] == pytest.approx(CALIBRATED.probabilities.reshape(-1).tolist())
+    flag_only = encoded([{"name": "in_distribution"}], binary=binary)
+    assert flag_only == {"in_distribution": ("BOOL", [True, False])}
+    mixed = encoded([{"name": "in_distribution_score", "parameters": {"binary_data": not binary}},
+                     {"name": "probabilities", "parameters": {"classification": 1}}], binary=binary)
+    assert list(mixed) == ["in_distribution_score", "probabilities"]
+    assert mixed["probabilities"] == ("BYTES", ["0.700000:0:a", "0.400000:2:c"])
+
+
+def test_an_uncalibrated_model_has_probabilities_only() -> None:
+    assert list(encoded(None, UNCALIBRATED)) == ["probabilities"]
+    with pytest.raises(ProtocolError, match="'in_distribution' needs a calibrated model") as refused:
+        encoded([{"name": "probabilities"}, {"name": "in_distribution"}], UNCALIBRATED)
+    assert refused.value.status_code == 400

@@ -15,9 +15,10 @@ import typer
 from pydantic import ValidationError
 
 from training import flag_help as h
+from contract.card import ScoreName
 from training.config import Distribute, ModelName, OptimizerName, TrainConfig
 from training.config import Schedule as ScheduleName
-from training.pipeline import TrainRequest, UserError, run_import, run_training
+from training.pipeline import TrainRequest, UserError, run_calibrate, run_import, run_training
 from training.recipes import LOOKAHEAD
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ Optimizer = Enum("Optimizer", {name: name for name in get_args(OptimizerName)}, 
 Schedule = Enum("Schedule", {name: name for name in get_args(ScheduleName)}, type=str)
 Strategy = Enum("Strategy", {name: name for name in get_args(Distribute)}, type=str)
 Scaling = Enum("Scaling", {name: name for name in ("auto", "uint8", "0-1", "-1-1")}, type=str)
+Score = Enum("Score", {name: name for name in get_args(ScoreName)}, type=str)
 
 # click's UsageError, wherever Typer takes click from (recent Typer vendors its own copy)
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -80,6 +82,8 @@ ResumeFlag = Annotated[Optional[Path], typer.Option(help="Continue an interrupte
 DistributeFlag = Annotated[Strategy, typer.Option(help="tf.distribute strategy; multi-worker reads TF_CONFIG (docs/cluster.md).")]
 MixedPrecisionFlag = Annotated[Optional[bool], typer.Option("--mixed-precision/--no-mixed-precision", help=f"Mixed precision (default: on with a GPU; bfloat16 for {h.bf16_recipes()} on a CPU that computes it natively).")]
 NoCacheFlag = Annotated[bool, typer.Option("--no-cache", help="Decode --data again, without reading or writing the decoded-data cache (~/.cache/cifar-serve, or $CIFAR_SERVE_CACHE).")]
+OodFlagRateFlag = Annotated[float, typer.Option(help="Share of in-distribution validation images the stored out-of-distribution threshold flags (docs/calibration.md).")]
+OodScoreFlag = Annotated[Score, typer.Option(help="The out-of-distribution score stored in the card, computed from the calibrated probabilities (docs/calibration.md compares them).")]
 VerboseFlag = Annotated[bool, typer.Option("--verbose", help="Also show TensorFlow's own start-up log (CUDA probe, oneDNN notes).")]
 
 
@@ -99,6 +103,7 @@ def train_command(
     reduce_lr_patience: ReduceLrPatienceFlag = DEFAULTS.reduce_lr_patience, min_lr: MinLrFlag = DEFAULTS.min_lr,
     name: NameFlag = None, output: OutputFlag = None, resume: ResumeFlag = None,
     distribute: DistributeFlag = Strategy(DEFAULTS.distribute), mixed_precision: MixedPrecisionFlag = None,
+    ood_flag_rate: OodFlagRateFlag = DEFAULTS.ood_flag_rate, ood_score: OodScoreFlag = Score(DEFAULTS.ood_score),
     no_cache: NoCacheFlag = False, verbose: VerboseFlag = False,
 ) -> None:
     """Train (the default command)."""
@@ -116,6 +121,7 @@ def train_command(
         validation_split=validation_split, limit=limit, seed=seed, early_stopping_patience=early_stopping_patience,
         reduce_lr_factor=reduce_lr_factor, reduce_lr_patience=reduce_lr_patience, min_lr=min_lr, name=name,
         output=output, distribute=distribute.value, mixed_precision=mixed_precision,
+        ood_flag_rate=ood_flag_rate, ood_score=ood_score.value,
     ))
     run_training(TrainRequest(config, optimizers, not no_cache, verbose))  # a bad flag failed before TensorFlow
 
@@ -138,10 +144,26 @@ def import_command(
     data: Annotated[Optional[str], typer.Option(help="CIFAR-10 source to evaluate on (as for training). Default: the Keras download, skipped if unavailable.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on a stratified subset of N test images.")] = None,
     trust_model_code: Annotated[bool, typer.Option(help="Import a legacy file even though it holds code (Lambda layers, custom classes, file-system ops): it stays in its legacy format and the service needs CIFAR10_TRUST_MODEL_CODE=1 to serve it.")] = False,
+    ood_flag_rate: OodFlagRateFlag = DEFAULTS.ood_flag_rate, ood_score: OodScoreFlag = Score(DEFAULTS.ood_score),
     verbose: Annotated[bool, typer.Option(help="Show TensorFlow's start-up log (CUDA probe, oneDNN notes).")] = False,
 ) -> None:
-    """Register a model trained elsewhere, scanned for code, checked, converted to Keras 3 where safe, and evaluated."""
-    run_import(path, name, input_scaling.value, data, limit, trust_model_code, verbose)
+    """Register a model trained elsewhere, scanned for code, checked, converted to Keras 3 where safe, evaluated and
+    calibrated (on half of the test images, measured on the other half: its training data is unknown)."""
+    rate = checked(lambda: TrainConfig(ood_flag_rate=ood_flag_rate)).ood_flag_rate
+    run_import(path, name, input_scaling.value, data, limit, trust_model_code, verbose, (rate, ood_score.value))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Annotated[str, typer.Argument(help="The stored model: name or name:version.")],
+    data: Annotated[str, typer.Option(help="The CIFAR-10 source the model was trained on (its validation split is rebuilt from the card), or for an imported model any CIFAR-10 source (half of its test images fit, half measure).")],
+    ood_flag_rate: OodFlagRateFlag = DEFAULTS.ood_flag_rate, ood_score: OodScoreFlag = Score(DEFAULTS.ood_score),
+    trust_model_code: Annotated[bool, typer.Option(help="Load an entry that needs it (a legacy or trusted import).")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show TensorFlow's start-up log (CUDA probe, oneDNN notes).")] = False,
+) -> None:
+    """Calibrate a stored model again (another --ood-flag-rate or --ood-score, or an entry from before calibration) and store it as a new version."""
+    rate = checked(lambda: TrainConfig(ood_flag_rate=ood_flag_rate)).ood_flag_rate
+    run_calibrate(model, data, rate, ood_score.value, trust_model_code, verbose)
 
 
 def main() -> None:

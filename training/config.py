@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.card import ScoreName
 from training.recipes import RECIPES, ModelName, OptimizerName, Recipe, Schedule
 
 Distribute = Literal["none", "mirrored", "multi-worker"]
@@ -14,6 +15,10 @@ Distribute = Literal["none", "mirrored", "multi-worker"]
 # Keras' own default learning rate for each optimizer.
 KERAS_DEFAULT_LR: dict[str, float] = {"adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3, "adamw": 1e-3}
 KERAS_ADAMW_WEIGHT_DECAY = 0.004
+# The out-of-distribution score stored in new cards, chosen by measurement (docs/calibration.md), and the
+# share of in-distribution validation images its threshold flags.
+OOD_SCORE: ScoreName = "max_probability"
+OOD_FLAG_RATE = 0.05
 
 
 def store_name(model: str) -> str:
@@ -64,6 +69,8 @@ class TrainConfig(BaseModel):
     output: Path | None = None
     distribute: Distribute = "none"
     mixed_precision: bool | None = None
+    ood_flag_rate: float = Field(OOD_FLAG_RATE, gt=0, lt=0.5)
+    ood_score: ScoreName = OOD_SCORE
 
     @model_validator(mode="after")
     def _clipping_is_exclusive(self) -> TrainConfig:

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.card import CIFAR10_CLASSES, INPUT_SCALINGS, DataInfo, Metrics, ModelCard
+from contract.card import CIFAR10_CLASSES, INPUT_SCALINGS, Calibration, DataInfo, Metrics, ModelCard, ScoreName
 from contract.predictor import batched, compile_inference, load_network, short_reason
-from training import model_safety, report, store
+from training import calibration, model_safety, report, store
+from training.config import OOD_FLAG_RATE, OOD_SCORE
 from training.data import Dataset
 
 SCALING_DESCRIPTIONS = {
@@ -53,6 +54,7 @@ class ImportResult:
     stored_format: str = ""  # "keras" when converted
     converted: bool = False
     code_found: list[str] = field(default_factory=list)  # imported anyway with --trust-model-code
+    calibration: Calibration | None = None
 
 
 @dataclass
@@ -118,8 +120,10 @@ def import_model(
     data: Dataset | None,
     trust_model_code: bool = False,
     warn: Callable[[str], None] = lambda message: None,
+    ood: tuple[float, ScoreName] = (OOD_FLAG_RATE, OOD_SCORE),
 ) -> ImportResult:
-    """Copy, scan, load, check, convert where it is safe, evaluate what is stored, and save it to the store."""
+    """Copy, scan, load, check, convert where it is safe, evaluate and calibrate what is stored (`ood`: the
+    share of held-out images the out-of-distribution threshold flags, and its score), and store it."""
     if not path.exists():
         raise ModelImportError(f"model file not found: {path}")
     model_format = detect_format(path)
@@ -140,10 +144,14 @@ def import_model(
         evaluation = evaluate(stored, scaling, data) if data is not None else None
         card = make_card(path, model_format, stored, scaling, data, evaluation, findings)
         plots = confusion_plot(evaluation, card, Path(workdir)) if evaluation is not None else []
+        if evaluation is not None:
+            card.calibration, plot = calibration.calibrate_import(
+                evaluation["probabilities"], data.y_test, *ood, Path(workdir), card.architecture)
+            plots.append(plot)
         labels = {"architecture": "imported", "optimizer": "unknown", "framework": stored.model_format}
         tag = store.save_model(name, stored.file, card, labels, extra_files=plots)
     return ImportResult(tag, model_format, scaling, card.parameters, card.metrics, stored.model_format,
-                        stored.config.get("converted_from") is not None, findings)
+                        stored.config.get("converted_from") is not None, findings, card.calibration)
 
 
 # --- one private copy of the bytes ----------------------------------------------------------------
@@ -327,7 +335,8 @@ def probabilities(network: Any, scaling: str, images: np.ndarray, batch_size: in
 def evaluate(stored: StoredModel, scaling: str, data: Dataset) -> dict[str, Any]:
     """Test metrics of the stored network (the one the service will run), as the service computes them."""
     probabilities = batched(compile_inference(stored.network, scaling, False), data.x_test)
-    return {**report.evaluation_report(probabilities, data.y_test, data.class_names), "class_names": data.class_names}
+    return {**report.evaluation_report(probabilities, data.y_test, data.class_names), "class_names": data.class_names,
+            "probabilities": probabilities}
 
 
 def confusion_plot(evaluation: dict[str, Any], card: ModelCard, workdir: Path) -> list[Path]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from contract.card import Calibration, ScoreName
 from training import cpu_info
 from training.cluster import ClusterError, ClusterRole, read_cluster_role
 from training.comparison import comparison_dir, print_comparison
@@ -122,6 +123,20 @@ def load_data(config: TrainConfig, cache: bool = True) -> Dataset:
     return dataset
 
 
+def calibration_summary(calibration: Calibration) -> str:
+    """What a calibrated model prints: the temperature, ECE and NLL before and after, the threshold's flag rates."""
+    text = f"calibration: temperature {calibration.temperature:.3f}"
+    if calibration.test is not None:
+        t = calibration.test
+        text += (f"; test ECE {t.ece_before:.2%} -> {t.ece_after:.2%} (15 bins), NLL {t.nll_before:.4f} -> "
+                 f"{t.nll_after:.4f} on {t.size} images")
+    text += (f"\nout of distribution: {calibration.score} below {calibration.threshold:.4g} flags "
+             f"{calibration.val_flag_rate:.2%} of {calibration.val_size} held-out images")
+    if calibration.test is not None:
+        text += f" and {calibration.test.flag_rate:.2%} of the test images"
+    return text
+
+
 def run_one(config: TrainConfig, run_dir: Path, dataset: Dataset, resume: bool) -> RunResult | None:
     """Train one config; Ctrl-C ends with the command that resumes it."""
     from training.train import train
@@ -144,12 +159,15 @@ def run_one(config: TrainConfig, run_dir: Path, dataset: Dataset, resume: bool) 
         f"test accuracy {m['test_accuracy']:.2%}, {result.parameters:,} parameters, "
         f"{m['epochs_run']} epochs in {result.training_time_s:.0f} s"
     )
+    if result.calibrated is not None:
+        console.print(calibration_summary(result.calibrated.calibration)
+                      + f" (calibration step {result.calibrated.seconds:.1f} s)")
     console.print(f"saved to the model store as [bold]{result.tag}[/]; run folder {run_dir}")
     return result
 
 
 def run_import(path: Path, name: str, input_scaling: str, data: str | None, limit: int | None,
-               trust_model_code: bool, verbose: bool) -> None:
+               trust_model_code: bool, verbose: bool, ood: tuple[float, ScoreName]) -> None:
     """`train-cifar import`: a bad --data fails before TensorFlow loads; without --data, a failed Keras
     download only costs the stored model its test metrics."""
     from rich.markup import escape
@@ -171,7 +189,7 @@ def run_import(path: Path, name: str, input_scaling: str, data: str | None, limi
         dataset = None
     try:
         result = import_model(path, name, input_scaling, dataset, trust_model_code,
-                              warn=lambda message: console.print(f"[yellow]warning: {escape(message)}[/]"))
+                              warn=lambda message: console.print(f"[yellow]warning: {escape(message)}[/]"), ood=ood)
     except ModelImportError as error:
         raise UserError(str(error)) from None
     accuracy = result.metrics.test_accuracy
@@ -181,3 +199,29 @@ def run_import(path: Path, name: str, input_scaling: str, data: str | None, limi
         + (f", test accuracy {accuracy:.2%}" if accuracy is not None else "")
         + f") as [bold]{result.tag}[/]"
     )
+    if result.calibration is not None:
+        console.print(calibration_summary(result.calibration))
+
+
+def run_calibrate(tag: str, data: str, flag_rate: float, score: ScoreName, trust_model_code: bool,
+                  verbose: bool) -> None:
+    """`train-cifar calibrate`: a bad --data fails before TensorFlow loads; a missing or untrusted entry is one line."""
+    try:
+        check_source(data)
+    except DataError as error:
+        raise UserError(str(error)) from None
+    start_tensorflow(verbose)
+    from bentoml.exceptions import NotFound
+
+    from contract.predictor import UntrustedModel
+    from training.recalibrate import recalibrate
+
+    console.print(f"calibrating {tag} on {data} ...")
+    try:
+        new_tag, calibration = recalibrate(tag, data, flag_rate, score, trust_model_code)
+    except NotFound:
+        raise UserError(f"no model {tag} in the model store") from None
+    except (UntrustedModel, DataError) as error:
+        raise UserError(str(error)) from None
+    console.print(calibration_summary(calibration))
+    console.print(f"saved to the model store as [bold]{new_tag}[/]")

@@ -17,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 from rich.console import Console
 
-from contract.card import DataInfo, Metrics, ModelCard
-from contract.predictor import batched, compile_inference
-from training import cpu_info, cpu_kernels, models, report, scale, store
+from contract.card import RELIABILITY_PLOT, Calibration, DataInfo, Metrics, ModelCard
+from contract.predictor import Predict, batched, compile_inference
+from training import calibration, cpu_info, cpu_kernels, models, report, scale, store
 from training.callbacks import CHECKPOINT_FILE, RunCheckpoint, build_callbacks, read_resume_state
 from training.config import TrainConfig
 from training.data import Dataset
@@ -89,6 +89,7 @@ class Evaluation:
     metrics: dict[str, Any]
     per_class: dict[str, dict[str, float]]
     confusion_matrix: list[list[int]]
+    test: calibration.Predictions  # the served probabilities of the test images
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class RunResult:
     parameters: int
     history: dict[str, list[float]]
     training_time_s: float
+    calibrated: calibration.Fitted | None = None
 
 
 def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console,
@@ -118,11 +120,13 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console,
     save_final_model(run, fitted)
     if not runtime.chief:
         return None
-    evaluation = evaluate(run, fitted)
-    write_outputs(run, fitted, evaluation, runtime)
-    tag = store_model(run, fitted, evaluation, runtime)
+    predict = serving_forward(run, fitted)
+    evaluation = evaluate(run, fitted, predict)
+    calibrated = calibrate(run, predict, evaluation)
+    write_outputs(run, fitted, evaluation, runtime, calibrated)
+    tag = store_model(run, fitted, evaluation, runtime, calibrated)
     return RunResult(config, run_dir, tag, evaluation.metrics, fitted.parameters, fitted.history,
-                     fitted.training_time_s)
+                     fitted.training_time_s, calibrated)
 
 
 def needed_disk_bytes(parameters: int) -> int:
@@ -265,15 +269,21 @@ def save_final_model(run: Run, fitted: Fitted) -> None:
     fitted.model.save(run.run_dir / MODEL_FILE)
 
 
-def evaluate(run: Run, fitted: Fitted) -> Evaluation:
+def serving_forward(run: Run, fitted: Fitted) -> Predict:
+    """The compiled inference function the service will run: with test-time augmentation where the recipe augments."""
+    tta = run.config.recipe.augments
+    return compile_inference(fitted.model, "uint8", flip_tta=tta, translate_tta=tta)
+
+
+def evaluate(run: Run, fitted: Fitted, predict: Predict) -> Evaluation:
     """Test metrics through the same compiled inference function the service uses.
 
     Train accuracy, and with test-time augmentation a second test accuracy, use one view per image.
     """
     data, tta = run.data, run.config.recipe.augments
-    predict = compile_inference(fitted.model, "uint8", flip_tta=tta, translate_tta=tta)
     single_view = compile_inference(fitted.model, "uint8", flip_tta=False) if tta else predict
-    test = report.evaluation_report(batched(predict, data.x_test), data.y_test, data.class_names)
+    test_probabilities = batched(predict, data.x_test)
+    test = report.evaluation_report(test_probabilities, data.y_test, data.class_names)
     train_probabilities = batched(single_view, data.x_train)
     val_accuracy = fitted.history.get("val_accuracy", [])
     metrics = {
@@ -286,10 +296,27 @@ def evaluate(run: Run, fitted: Fitted) -> Evaluation:
     }
     if tta:
         metrics["test_accuracy_single_view"] = report.accuracy(batched(single_view, data.x_test), data.y_test)
-    return Evaluation(metrics, test["per_class"], test["confusion_matrix"])
+    return Evaluation(metrics, test["per_class"], test["confusion_matrix"],
+                      calibration.Predictions(test_probabilities, data.y_test))
 
 
-def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> None:
+def calibrate(run: Run, predict: Predict, evaluation: Evaluation) -> calibration.Fitted | None:
+    """The temperature and out-of-distribution threshold on the validation split (timed with its forward
+    pass); a run without one is stored uncalibrated, and says so."""
+    data, config = run.data, run.config
+    if not len(data.y_val):
+        run.console.print("[yellow]no validation split: the model is stored uncalibrated (no temperature, no "
+                          "out-of-distribution threshold); --validation-split 0.1 calibrates it[/]")
+        return None
+    started = time.perf_counter()
+    held_out = calibration.Predictions(batched(predict, data.x_val), data.y_val)
+    fitted = calibration.fit_calibration(held_out, evaluation.test, config.ood_flag_rate, config.ood_score)
+    calibration.reliability_plot(run.run_dir, fitted, evaluation.test, held_out, f"{config.model} / {config.optimizer}")
+    return calibration.Fitted(fitted, time.perf_counter() - started)
+
+
+def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime,
+                  calibrated: calibration.Fitted | None) -> None:
     """Plots, report.json and history.json (beside the final model): the run folder a person reads afterwards."""
     config, data, run_dir = run.config, run.data, run.run_dir
     title = f"{config.model} / {config.optimizer}: test accuracy {evaluation.metrics['test_accuracy']:.2%}"
@@ -309,21 +336,25 @@ def write_outputs(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Run
         "devices": list(runtime.devices),
         "workers": runtime.workers,
         "data": {"source": data.source, **data.sizes()},
+        "calibration": calibrated.calibration.model_dump(mode="json") if calibrated else None,
+        "calibration_time_s": calibrated.seconds if calibrated else None,
     }
     (run_dir / REPORT_FILE).write_text(json.dumps(full_report, indent=2))
     (run_dir / HISTORY_FILE).write_text(json.dumps(fitted.history, indent=2))
 
 
-def store_model(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> str:
+def store_model(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime,
+                calibrated: calibration.Fitted | None) -> str:
     """Save the final model with its card and plots to the BentoML store; returns the tag."""
     config = run.config
     labels = {"architecture": config.model, "optimizer": config.optimizer, "framework": "keras"}
-    card = model_card(run, fitted, evaluation, runtime)
-    plots = [run.run_dir / name for name in PLOT_FILES]
+    card = model_card(run, fitted, evaluation, runtime, calibrated.calibration if calibrated else None)
+    plots = [run.run_dir / name for name in PLOT_FILES] + ([run.run_dir / RELIABILITY_PLOT] if calibrated else [])
     return store.save_model(config.name, run.run_dir / MODEL_FILE, card, labels, extra_files=plots)
 
 
-def model_card(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime) -> ModelCard:
+def model_card(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtime,
+               fitted_calibration: Calibration | None = None) -> ModelCard:
     """Everything the service and clients need to know about the stored model, typed."""
     config, data, tta = run.config, run.data, run.config.recipe.augments
     return ModelCard(
@@ -344,4 +375,5 @@ def model_card(run: Run, fitted: Fitted, evaluation: Evaluation, runtime: Runtim
         workers=runtime.workers,
         data=DataInfo(source=data.source, **data.sizes()),
         run_dir=str(run.run_dir.resolve()),
+        calibration=fitted_calibration,
     )

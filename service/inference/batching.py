@@ -69,7 +69,7 @@ class MicroBatcher:
         self._closing = False
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for images (n, 32, 32, 3); large requests are split into full batches."""
+        """The model's output rows for images (n, 32, 32, 3); large requests are split into full batches."""
         if self._closing:
             raise BatcherClosed("the server is shutting down; retry on another replica")
         if self._consumer is None or self._consumer.done():
@@ -125,7 +125,7 @@ class MicroBatcher:
         images = live[0].images if len(live) == 1 else np.concatenate([i.images for i in live])
         try:
             loop = asyncio.get_running_loop()
-            probabilities = await loop.run_in_executor(self._executor, self.predict_fn, images)
+            outputs = await loop.run_in_executor(self._executor, self.predict_fn, images)
             if self.observe_batch is not None:
                 self.observe_batch(len(images))
         except Exception as exc:  # every waiting request gets the error, the consumer keeps going
@@ -138,7 +138,7 @@ class MicroBatcher:
         for item in live:
             end = start + len(item.images)
             if not item.future.done():
-                item.future.set_result(probabilities[start:end])
+                item.future.set_result(outputs[start:end])
             start = end
 
     async def close(self, timeout: float = 30.0) -> None:

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from contract.calibration import Calibrated
 from contract.card import ModelCard
 from contract.predictor import Predictor, UntrustedModel, load_predictor, short_reason
 from service.inference.batching import MicroBatcher
+from service.inference.calibrated import calibrated_predict, unpacked
 from service.errors import ModelError
 
 logger = logging.getLogger("bentoml.service.cifar10")
@@ -28,7 +30,20 @@ CLOSE_OLD_AFTER_S = 30.0  # longest drain of a replaced version's queue
 @dataclass
 class ServedModel:
     predictor: Predictor
-    batcher: MicroBatcher
+    batcher: MicroBatcher  # runs the forward pass with the card's calibration (service.inference.calibrated)
+    ood_threshold: float | None = None  # CIFAR10_OOD_THRESHOLD: overrides the card's threshold
+
+    @property
+    def calibrated(self) -> bool:
+        return self.predictor.card.calibration is not None
+
+    @property
+    def threshold(self) -> float | None:
+        """The in-distribution threshold this server applies (None: uncalibrated, no flag)."""
+        calibration = self.predictor.card.calibration
+        if calibration is None:
+            return None
+        return calibration.threshold if self.ood_threshold is None else self.ood_threshold
 
     @property
     def creation_time(self) -> Any:
@@ -46,18 +61,20 @@ class ServedModel:
     def version(self) -> str:
         return self.tag.split(":", 1)[1]
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
-        return await self.batcher.predict(images)
+    async def predict(self, images: np.ndarray) -> Calibrated:
+        """Calibrated probabilities, and the in-distribution scores and flags if the card has a calibration."""
+        return unpacked(await self.batcher.predict(images), self.calibrated)
 
 
 class ModelRegistry:
     """Store name -> the version served now; the first model given is the default."""
 
     def __init__(self, max_batch_size: int, max_latency_ms: int, trust_model_code: bool,
-                 observe_batch: Callable[[int], Any] | None = None) -> None:
+                 observe_batch: Callable[[int], Any] | None = None, ood_threshold: float | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.max_latency_ms = max_latency_ms
         self.trust_model_code = trust_model_code
+        self.ood_threshold = ood_threshold
         self.observe_batch = observe_batch
         self.models: dict[str, ServedModel] = {}
         self.default_name: str | None = None
@@ -67,12 +84,13 @@ class ModelRegistry:
 
     def load(self, tag: str, entry: tuple[Any, ModelCard] | None = None) -> ServedModel:
         """Load a store entry (its `entry` and card if already read), trace and warm it at every batch
-        size, give it a batcher (blocking)."""
+        size, give it a batcher that also applies the card's calibration (blocking)."""
         predictor = load_predictor(tag, self.trust_model_code, entry)
+        predict = calibrated_predict(predictor.predict, predictor.card.calibration, self.ood_threshold)
         for size in range(1, self.max_batch_size + 1):  # no real request pays for tracing
-            predictor.predict(np.zeros((size, 32, 32, 3), dtype=np.uint8))
-        batcher = MicroBatcher(predictor.predict, self.max_batch_size, self.max_latency_ms, self.observe_batch)
-        return ServedModel(predictor, batcher)
+            predict(np.zeros((size, 32, 32, 3), dtype=np.uint8))
+        batcher = MicroBatcher(predict, self.max_batch_size, self.max_latency_ms, self.observe_batch)
+        return ServedModel(predictor, batcher, self.ood_threshold)
 
     def add(self, served: ServedModel) -> None:
         self.models[served.name] = served

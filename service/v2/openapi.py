@@ -30,7 +30,7 @@ INFER_REQUEST = {
         "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
         "inputs": {"type": "array", "items": TENSOR},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "enum": ["probabilities"]},
+            "name": {"type": "string", "enum": ["probabilities", "in_distribution", "in_distribution_score"]},
             "parameters": {"type": "object", "properties": {
                 "classification": {"type": "integer", "minimum": 0}, "binary_data": {"type": "boolean"}}},
         }}},

@@ -12,17 +12,21 @@ import base64
 import binascii
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from contract.calibration import Calibrated
 from service.errors import ProtocolError
 
 HEADER_LENGTH = "inference-header-content-length"
 IMAGES_INPUT = "images"  # UINT8 [N, 32, 32, 3]: decoded pixels
 FILES_INPUT = "image_files"  # BYTES [N]: encoded image files of any size and format
-OUTPUT = "probabilities"  # FP32 [N, classes]
+OUTPUT = "probabilities"  # FP32 [N, classes]: calibrated when the model's card holds a calibration
+FLAG_OUTPUT = "in_distribution"  # BOOL [N]: false = probably none of the classes (calibrated models only)
+SCORE_OUTPUT = "in_distribution_score"  # FP32 [N]: the card's score, compared with the threshold
+OUTPUTS = (OUTPUT, FLAG_OUTPUT, SCORE_OUTPUT)
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 # What a JSON header may hold, per image a request may carry: a nested UINT8 image [32, 32, 3] is
 # 1057 lists and 3072 values. Counted with bytes.count before parsing: a header of millions of empty
@@ -33,7 +37,8 @@ INLINE_PARSE_BYTES = 64 * 1024  # bodies above this are parsed in a thread, off 
 
 @dataclass
 class RequestedOutput:
-    classification: int = 0  # k > 0: the k best classes as "score:index:label" strings
+    name: str = OUTPUT
+    classification: int = 0  # k > 0: the k best classes as "score:index:label" strings (probabilities only)
     binary: bool = False
 
 
@@ -42,7 +47,8 @@ class InferRequest:
     id: str | None
     images: np.ndarray | None = None  # uint8 (N, 32, 32, 3)
     files: list[bytes] | None = None  # encoded images
-    output: RequestedOutput = field(default_factory=RequestedOutput)
+    outputs: list[RequestedOutput] | None = None  # None: every output the model has
+    binary: bool = False  # the request's binary_data_output: the default of every output
 
     @property
     def count(self) -> int:
@@ -91,8 +97,8 @@ async def read_infer_request(body: bytes, header_length: str | None, max_images:
 
 
 def parse_infer_request(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
-    """One input tensor (`images` UINT8 or `image_files` BYTES, at most `max_images`) and the
-    `probabilities` output; the header's sizes are checked before any tensor data is parsed."""
+    """One input tensor (`images` UINT8 or `image_files` BYTES, at most `max_images`) and the outputs
+    asked for; the header's sizes are checked before any tensor data is parsed."""
     header, binary = split_body(body, header_length)
     check_json_size(header, max_images)
     request = parse_json(header)
@@ -103,7 +109,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int)
     raw, rest = take_binary(tensor, binary)
     if rest:
         raise ProtocolError(f"{len(rest)} bytes of binary data follow the tensors declared in the header")
-    parsed = InferRequest(id=optional_id(request), output=requested_output(request))
+    binary = binary_output(request)
+    parsed = InferRequest(id=optional_id(request), outputs=requested_outputs(request, binary), binary=binary)
     name, datatype, shape = tensor_header(tensor)
     if name == IMAGES_INPUT:
         parsed.images = uint8_images(datatype, shape, tensor.get("data"), raw, max_images)
@@ -218,24 +225,48 @@ def base64_strings(data: Any) -> list[bytes]:
         raise ProtocolError(f"JSON data of {FILES_INPUT!r} is not valid base64") from None
 
 
-def requested_output(request: dict[str, Any]) -> RequestedOutput:
-    """The `probabilities` output as asked: plain or classification, JSON or binary."""
+def binary_output(request: dict[str, Any]) -> bool:
     parameters = request.get("parameters") or {}
-    binary = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    return bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+
+
+def requested_outputs(request: dict[str, Any], binary: bool) -> list[RequestedOutput] | None:
+    """The outputs asked for, each plain or classification, JSON or binary (None: all of the model's)."""
     outputs = request.get("outputs")
     if outputs is None:
-        return RequestedOutput(binary=binary)
-    if not isinstance(outputs, list) or len(outputs) != 1 or not isinstance(outputs[0], dict):
-        raise ProtocolError(f"'outputs' must list one output, {OUTPUT!r}")
-    if outputs[0].get("name") != OUTPUT:
-        raise ProtocolError(f"unknown output {outputs[0].get('name')!r}: this model has {OUTPUT!r}")
-    wanted = outputs[0].get("parameters") or {}
+        return None
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(item, dict) for item in outputs):
+        raise ProtocolError(f"'outputs' must be a list of outputs named among {list(OUTPUTS)}")
+    wanted = [requested_output(item, binary) for item in outputs]
+    if len({output.name for output in wanted}) != len(wanted):
+        raise ProtocolError("'outputs' names an output twice")
+    return wanted
+
+
+def requested_output(output: dict[str, Any], binary: bool) -> RequestedOutput:
+    name = output.get("name")
+    if name not in OUTPUTS:
+        raise ProtocolError(f"unknown output {name!r}: this model has {', '.join(map(repr, OUTPUTS))}")
+    wanted = output.get("parameters") or {}
     if not isinstance(wanted, dict):
         raise ProtocolError("output 'parameters' must be an object")
     k = wanted.get("classification", 0)
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
         raise ProtocolError("'classification' must be a positive integer")
-    return RequestedOutput(classification=k, binary=bool(wanted.get("binary_data", binary)))
+    if k and name != OUTPUT:
+        raise ProtocolError(f"'classification' applies to {OUTPUT!r} only, not {name!r}")
+    return RequestedOutput(name=name, classification=k, binary=bool(wanted.get("binary_data", binary)))
+
+
+def available_outputs(calibrated: bool) -> tuple[str, ...]:
+    """A model's outputs: the flag and the score exist only where its card holds a calibration."""
+    return OUTPUTS if calibrated else (OUTPUT,)
+
+
+def output_metadata(classes: int, calibrated: bool) -> list[dict[str, Any]]:
+    """The outputs as the model metadata declares them."""
+    shapes = {OUTPUT: ("FP32", [-1, classes]), FLAG_OUTPUT: ("BOOL", [-1]), SCORE_OUTPUT: ("FP32", [-1])}
+    return [{"name": name, "datatype": shapes[name][0], "shape": shapes[name][1]} for name in available_outputs(calibrated)]
 
 
 def classification_strings(probabilities: np.ndarray, class_names: list[str], k: int) -> list[list[str]]:
@@ -244,30 +275,53 @@ def classification_strings(probabilities: np.ndarray, class_names: list[str], k:
     return [[f"{row[i]:f}:{i}:{class_names[i]}" for i in indices] for row, indices in zip(probabilities, best)]
 
 
-def infer_response(
-    model: str, version: str, request: InferRequest, probabilities: np.ndarray, class_names: list[str]
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers (`Inference-Header-Content-Length` for binary output)."""
-    output: dict[str, Any] = {"name": OUTPUT}
-    wanted = request.output
+def encoded_output(wanted: RequestedOutput, outputs: Calibrated, class_names: list[str]) -> tuple[dict[str, Any], bytes, Any]:
+    """One output's header (name, datatype, shape), its binary payload and its JSON values."""
+    header: dict[str, Any] = {"name": wanted.name}
     if wanted.classification:
         k = min(wanted.classification, len(class_names))
-        strings = classification_strings(probabilities, class_names, k)
-        output.update(datatype="BYTES", shape=[len(strings), k])
+        strings = classification_strings(outputs.probabilities, class_names, k)
+        header.update(datatype="BYTES", shape=[len(strings), k])
         payload = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for row in strings for s in row)
-        values: Any = [s for row in strings for s in row]
+        return header, payload, [s for row in strings for s in row]
+    if wanted.name == FLAG_OUTPUT:
+        array: np.ndarray = np.ascontiguousarray(outputs.in_distribution, dtype=np.bool_)
+        header.update(datatype="BOOL", shape=list(array.shape))
     else:
-        array = np.ascontiguousarray(probabilities, dtype="<f4")
-        output.update(datatype="FP32", shape=list(array.shape))
-        payload, values = array.tobytes(), array.reshape(-1).tolist()
-    if wanted.binary:
-        output["parameters"] = {"binary_data_size": len(payload)}
-    else:
-        output["data"] = values
-    answer: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [output]}
+        values = outputs.probabilities if wanted.name == OUTPUT else outputs.scores
+        array = np.ascontiguousarray(values, dtype="<f4")
+        header.update(datatype="FP32", shape=list(array.shape))
+    return header, array.tobytes(), array.reshape(-1).tolist()
+
+
+def chosen_outputs(request: InferRequest, calibrated: bool) -> list[RequestedOutput]:
+    """The outputs to send: those asked for (each must exist for this model), else all the model has."""
+    available = available_outputs(calibrated)
+    if request.outputs is None:
+        return [RequestedOutput(name=name, binary=request.binary) for name in available]
+    missing = [output.name for output in request.outputs if output.name not in available]
+    if missing:
+        raise ProtocolError(f"output {missing[0]!r} needs a calibrated model; this one has {list(available)}")
+    return request.outputs
+
+
+def infer_response(
+    model: str, version: str, request: InferRequest, outputs: Calibrated, class_names: list[str]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers (`Inference-Header-Content-Length` for binary output)."""
+    headers, payloads = [], []
+    for wanted in chosen_outputs(request, outputs.scores is not None):
+        header, payload, values = encoded_output(wanted, outputs, class_names)
+        if wanted.binary:
+            header["parameters"] = {"binary_data_size": len(payload)}
+            payloads.append(payload)
+        else:
+            header["data"] = values
+        headers.append(header)
+    answer: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": headers}
     if request.id is not None:
         answer["id"] = request.id
-    header = json.dumps(answer).encode()
-    if not wanted.binary:
-        return header, {}
-    return header + payload, {"Inference-Header-Content-Length": str(len(header))}
+    text = json.dumps(answer).encode()
+    if not payloads:
+        return text, {}
+    return text + b"".join(payloads), {"Inference-Header-Content-Length": str(len(text))}

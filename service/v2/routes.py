@@ -67,7 +67,7 @@ async def model_metadata(request: Request) -> JSONResponse:
             {"name": protocol.IMAGES_INPUT, "datatype": "UINT8", "shape": [-1, 32, 32, 3]},
             {"name": protocol.FILES_INPUT, "datatype": "BYTES", "shape": [-1]},
         ],
-        "outputs": [{"name": protocol.OUTPUT, "datatype": "FP32", "shape": [-1, len(served.predictor.class_names)]}],
+        "outputs": protocol.output_metadata(len(served.predictor.class_names), served.calibrated),
     })
 
 
@@ -82,10 +82,9 @@ async def infer(request: Request) -> Response:
     classifier = classifier_of(request)
     parsed = await protocol.read_infer_request(await request.body(), request.headers.get(protocol.HEADER_LENGTH),
                                                classifier.settings.max_batch_files)
-    served, probabilities = await classifier.infer(request.path_params["name"], request.path_params.get("version"),
-                                                   files=parsed.files, images=parsed.images,
-                                                   field=protocol.FILES_INPUT)
-    content, headers = protocol.infer_response(served.name, served.version, parsed, probabilities,
+    served, outputs = await classifier.infer(request.path_params["name"], request.path_params.get("version"),
+                                             files=parsed.files, images=parsed.images, field=protocol.FILES_INPUT)
+    content, headers = protocol.infer_response(served.name, served.version, parsed, outputs,
                                                served.predictor.class_names)
     return Response(content, media_type="application/json", headers=headers)
 

@@ -7,7 +7,11 @@
   const KEY_STORAGE = "cifar10-api-key";
   const TOP_K = 10;
   const PARALLEL = 3; // uploads in flight at once
-  const PLOT_TITLES = { "curves.png": "Training curves", "confusion_matrix.png": "Confusion matrix" };
+  const PLOT_TITLES = {
+    "curves.png": "Training curves",
+    "confusion_matrix.png": "Confusion matrix",
+    "reliability.png": "Reliability diagram (calibration)",
+  };
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -241,6 +245,7 @@
       ["Training time", isNumber(meta.training_time_s) ? `${Math.round(meta.training_time_s)} s` : undefined],
     ]);
     renderPerClass(meta.per_class);
+    renderCalibration(meta);
     renderPlots(meta.plots);
     renderServing(meta);
     renderInput(meta);
@@ -258,6 +263,27 @@
     $("per-class").tBodies[0].replaceChildren(...rows);
     $("per-class").hidden = rows.length === 0;
     $("per-class-none").hidden = rows.length > 0;
+  }
+
+  // The card's calibration and the threshold this server applies (CIFAR10_OOD_THRESHOLD or the card's).
+  function renderCalibration(meta) {
+    const calibration = meta.calibration && typeof meta.calibration === "object" ? meta.calibration : null;
+    const test = calibration?.test || {};
+    const threshold = isNumber(meta.ood_threshold) ? meta.ood_threshold : calibration?.threshold;
+    fillFacts($("card-calibration"), calibration ? [
+      ["Temperature", isNumber(calibration.temperature) ? calibration.temperature.toFixed(3) : undefined],
+      ["Out-of-distribution score", calibration.score],
+      ["Flagged below", isNumber(threshold) ? threshold.toFixed(4) : undefined],
+      ["Card's threshold", isNumber(calibration.threshold) && threshold !== calibration.threshold
+        ? calibration.threshold.toFixed(4) : undefined],
+      ["Validation images flagged", isNumber(calibration.val_flag_rate)
+        ? `${percent(calibration.val_flag_rate, 1)} of ${integer(calibration.val_size)}` : undefined],
+      ["Test ECE before → after", isNumber(test.ece_before) ? `${percent(test.ece_before)} → ${percent(test.ece_after)}` : undefined],
+      ["Test NLL before → after", isNumber(test.nll_before) ? `${test.nll_before.toFixed(4)} → ${test.nll_after.toFixed(4)}` : undefined],
+      ["Test images flagged", isNumber(test.flag_rate) ? percent(test.flag_rate, 1) : undefined],
+    ] : []);
+    $("card-calibration").hidden = !calibration;
+    $("calibration-none").hidden = Boolean(calibration);
   }
 
   function renderServing(meta) {
@@ -455,7 +481,26 @@
       el("span", "confidence", percent(answer.confidence, 1)));
     const bars = el("ol", "bars");
     for (const p of answer.top_k) bars.append(bar(p));
-    item.answer.replaceChildren(label, bars, el("p", "muted model-tag", `model ${text(answer.model)}`));
+    item.li.dataset.inDistribution = String(answer.in_distribution ?? "unknown");
+    item.answer.replaceChildren(label, outOfDistribution(answer), bars,
+      el("p", "muted model-tag", `model ${text(answer.model)}`));
+  }
+
+  // Says plainly when the photo is probably none of the model's classes; the label is then only a guess.
+  function outOfDistribution(answer) {
+    if (typeof answer.in_distribution !== "boolean") {
+      return el("p", "ood muted", "This model is not calibrated: it cannot tell when a photo is none of its classes.");
+    }
+    const meta = state.metadata && state.metadata.tag === answer.model ? state.metadata : null;
+    const threshold = meta && isNumber(meta.ood_threshold) ? ` (threshold ${meta.ood_threshold.toFixed(3)})` : "";
+    const score = isNumber(answer.in_distribution_score) ? `score ${answer.in_distribution_score.toFixed(3)}${threshold}` : "";
+    if (answer.in_distribution) return el("p", "ood muted", `Looks like the photos it was trained on; ${score}.`);
+    const count = meta && Array.isArray(meta.class_names) ? meta.class_names.length : 10;
+    const classes = count === 10 ? "ten" : String(count);
+    const warning = el("p", "ood warning", el("strong", "", `Probably none of the ${classes} classes.`),
+      ` This photo does not look like what the model was trained on, so the label below is only its closest guess; ${score}.`);
+    warning.setAttribute("role", "status");
+    return warning;
   }
 
   function bar(prediction) {
