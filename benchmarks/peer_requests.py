@@ -64,13 +64,19 @@ def raw_files(files: list[bytes], content_type: str = "image/jpeg") -> Requests:
 
 
 def v2_probabilities(answer: bytes, header_length: str | None) -> np.ndarray:
-    """The first output of a v2 answer as float32 (n, classes), from JSON data or binary data."""
+    """The `probabilities` output of a v2 answer as float32 (n, classes), from JSON data or binary data (the
+    binary parts follow each other in the order of the outputs)."""
     header, binary = (answer, b"") if header_length is None else (answer[: int(header_length)], answer[int(header_length):])
-    output = json.loads(header)["outputs"][0]
+    offset = 0
+    for output in json.loads(header)["outputs"]:
+        size = (output.get("parameters") or {}).get("binary_data_size", 0)
+        if output["name"] == "probabilities":
+            break
+        offset += size
     if "data" in output:
         values = np.asarray(output["data"], dtype=np.float32)
     else:
-        values = np.frombuffer(binary[: output["parameters"]["binary_data_size"]], dtype="<f4")
+        values = np.frombuffer(binary[offset: offset + size], dtype="<f4")
     return values.reshape(output["shape"][0], -1)
 
 

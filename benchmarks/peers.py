@@ -167,6 +167,7 @@ def peer_settings(args: argparse.Namespace, workers: int) -> PeerSettings:
     return PeerSettings(port=free_port(), workers=workers, max_batch_size=args.max_batch_size,
                         max_latency_ms=args.max_latency_ms, model_file=str(Path(ref.path) / card.model_file),
                         input_scaling=card.input_scaling, flip_tta=card.flip_tta, translate_tta=card.translate_tta,
+                        temperature=card.calibration.temperature if card.calibration else 1.0,
                         inference_threads=max(1, (os.cpu_count() or 2) // 2))
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from benchmarks import peer_requests as requests
 from service.v2 import protocol
-from service.v2.protocol import InferRequest, RequestedOutput
+from contract.calibration import Calibrated
+from service.v2.protocol import InferRequest
 
 
 def test_binary_images_parse_as_sent_with_one_shared_header_length() -> None:
@@ -42,8 +43,9 @@ def test_json_forms_carry_the_same_pixels_and_files() -> None:
 def test_probabilities_are_read_from_json_and_binary_answers() -> None:
     probabilities = np.array([[0.1, 0.2, 0.7]], dtype=np.float32)
     for binary in (False, True):
-        request = InferRequest(id=None, output=RequestedOutput(binary=binary))
-        body, headers = protocol.infer_response("m", "1", request, probabilities, ["a", "b", "c"])
+        request = InferRequest(id=None, binary=binary)  # every output: the flag and score after the probabilities
+        calibrated = Calibrated(probabilities, np.array([0.9], np.float32), np.array([True]))
+        body, headers = protocol.infer_response("m", "1", request, calibrated, ["a", "b", "c"])
         read = requests.v2_probabilities(body, headers.get("Inference-Header-Content-Length"))
         assert np.array_equal(read, probabilities)
     assert np.allclose(requests.json_probabilities(b'{"probabilities": [0.5, 0.5]}'), [[0.5, 0.5]])

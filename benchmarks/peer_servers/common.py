@@ -28,6 +28,7 @@ class PeerSettings(BaseModel):
     input_scaling: str = "uint8"
     flip_tta: bool = False
     translate_tta: bool = False
+    temperature: float = 1.0  # the card's calibration: our service answers calibrated probabilities
     inference_threads: int = 1  # TensorFlow's intra-op threads per model call, as our service sets them
 
     def to_env(self) -> dict[str, str]:
@@ -39,9 +40,11 @@ class PeerSettings(BaseModel):
 
 
 def load_predict(settings: PeerSettings) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 (n, 32, 32, 3) -> probabilities: our service's compiled forward pass, on our thread count, warmed."""
+    """uint8 (n, 32, 32, 3) -> probabilities: our service's compiled forward pass, on our thread count, warmed,
+    then the card's temperature as our service applies it (contract.calibration)."""
     import tensorflow as tf
 
+    from contract.calibration import calibrate
     from contract.predictor import compile_inference, load_network
 
     tf.config.threading.set_intra_op_parallelism_threads(settings.inference_threads)
@@ -49,7 +52,9 @@ def load_predict(settings: PeerSettings) -> Callable[[np.ndarray], np.ndarray]:
     predict = compile_inference(network, settings.input_scaling, settings.flip_tta, settings.translate_tta)
     for size in (1, settings.max_batch_size):
         predict(np.zeros((size, 32, 32, 3), np.uint8))
-    return predict
+    if settings.temperature == 1.0:
+        return predict
+    return lambda images: calibrate(predict(images), settings.temperature).astype(np.float32)
 
 
 def decode_files(files: list[bytes]) -> np.ndarray:
