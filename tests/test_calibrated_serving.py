@@ -96,14 +96,15 @@ def test_v2_declares_and_returns_the_flag_and_the_score(cifar_server: ServerProc
         assert sorted(row.tolist(), reverse=True) == pytest.approx([p.probability for p in answer.top_k], abs=1e-5)
 
 
-def test_an_old_card_serves_and_says_uncalibrated(two_model_server: ServerProcess, cifar_model_store: ModelStore) -> None:
-    """The entry stored as before the model card (no schema_version, no calibration) beside the calibrated one."""
-    old, new = metadata(two_model_server.url, LEGACY_MODEL_NAME), metadata(two_model_server.url, MODEL_NAME)
+def test_an_old_card_serves_and_says_uncalibrated(control_server: ServerProcess, cifar_model_store: ModelStore) -> None:
+    """The entry stored as before the model card (no schema_version, no calibration) beside the calibrated one
+    (control_server serves both)."""
+    old, new = metadata(control_server.url, LEGACY_MODEL_NAME), metadata(control_server.url, MODEL_NAME)
     assert old.tag == cifar_model_store.legacy_tag and old.schema_version == 0
     assert not old.calibrated and old.calibration is None and old.ood_threshold is None
     photo = [PHOTOS[0].read_bytes()]
-    plain = classify_all(two_model_server.url, photo, top_k="10", model=LEGACY_MODEL_NAME)[0]
-    calibrated = classify_all(two_model_server.url, photo, top_k="10", model=MODEL_NAME)[0]
+    plain = classify_all(control_server.url, photo, top_k="10", model=LEGACY_MODEL_NAME)[0]
+    calibrated = classify_all(control_server.url, photo, top_k="10", model=MODEL_NAME)[0]
     assert plain.in_distribution is None and plain.in_distribution_score is None
     assert calibrated.in_distribution is not None and new.calibration is not None
     # the same network: the old entry's probabilities, calibrated with the new card's temperature, are the new's
@@ -111,11 +112,11 @@ def test_an_old_card_serves_and_says_uncalibrated(two_model_server: ServerProces
     expected = calibrate(np.array([[p.probability for p in plain.top_k]]), new.calibration.temperature)[0]
     by_label = {p.label: p.probability for p in calibrated.top_k}
     assert [by_label[label] for label in order] == pytest.approx(expected.tolist(), abs=1e-5)
-    v2 = triton.InferenceServerClient(two_model_server.url.removeprefix("http://"))
+    v2 = triton.InferenceServerClient(control_server.url.removeprefix("http://"))
     assert [o["name"] for o in v2.get_model_metadata(LEGACY_MODEL_NAME)["outputs"]] == ["probabilities"]
     body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}],
             "outputs": [{"name": "in_distribution"}]}
-    refused = httpx.post(f"{two_model_server.url}/v2/models/{LEGACY_MODEL_NAME}/infer", json=body, timeout=30)
+    refused = httpx.post(f"{control_server.url}/v2/models/{LEGACY_MODEL_NAME}/infer", json=body, timeout=30)
     assert refused.status_code == 400 and "needs a calibrated model" in refused.json()["error"]
 
 

@@ -101,9 +101,9 @@ def test_cli_metadata(cifar_server, cifar_model_store: ModelStore, monkeypatch: 
     assert json.loads(runner.invoke(app, ["metadata", "--json"]).output)["tag"] == cifar_model_store.tag
 
 
-def test_cli_with_an_uncalibrated_model(two_model_server, image_files: list[Path]) -> None:
+def test_cli_with_an_uncalibrated_model(control_server, image_files: list[Path]) -> None:
     """The entry stored before the model card has no calibration: the CLI says so instead of a flag."""
-    url = ["--url", two_model_server.url, "--model", LEGACY_MODEL_NAME]
+    url = ["--url", control_server.url, "--model", LEGACY_MODEL_NAME]
     result = runner.invoke(app, ["classify", str(image_files[0]), *url], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "uncalibrated model" in result.output
