@@ -248,7 +248,7 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     # calibrated on the 20 validation images, measured on the 50 test images; the diagram stored with the model
     calibration = meta["calibration"]
     assert calibration == report["calibration"] and calibration["val_size"] == 20
-    assert calibration["score"] == "max_probability" and calibration["flag_rate"] == 0.05
+    assert calibration["score"] == "energy" and calibration["flag_rate"] == 0.05
     assert calibration["test"]["size"] == 50 and calibration["temperature"] > 0
     printed = re.search(r"test ECE ([\d.]+)% -> ([\d.]+)%", result.stdout)
     assert printed and float(printed[1]) == round(100 * calibration["test"]["ece_before"], 2), result.stdout
@@ -260,13 +260,13 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
 
     # calibrated again with another score and rate: the same validation split, rebuilt from the card, so the
     # same temperature; a new version with the same model file
-    again = train_cifar("calibrate", tag, "--data", str(OFFICIAL), "--ood-score", "energy", "--ood-flag-rate", "0.1",
+    again = train_cifar("calibrate", tag, "--data", str(OFFICIAL), "--ood-score", "margin", "--ood-flag-rate", "0.1",
                         env=store_env)
     assert again.returncode == 0, again.stderr[-3000:]
     new_tag = saved_tag(again.stdout + ";")
     recalibrated = stored_model(new_tag, store_env)["metadata"]
     assert new_tag != tag and recalibrated["calibration"]["temperature"] == pytest.approx(calibration["temperature"])
-    assert (recalibrated["calibration"]["score"], recalibrated["calibration"]["flag_rate"]) == ("energy", 0.1)
+    assert (recalibrated["calibration"]["score"], recalibrated["calibration"]["flag_rate"]) == ("margin", 0.1)
     assert recalibrated["metrics"] == meta["metrics"] and recalibrated["plots"] == meta["plots"]
     new_entry = Path(store_env["BENTOML_HOME"]) / "models" / new_tag.replace(":", "/")
     assert (new_entry / "model.keras").read_bytes() == (entry / "model.keras").read_bytes()
