@@ -86,7 +86,7 @@ def test_cli_classify_table_and_json(cifar_server, image_files: list[Path], tmp_
     assert result.exit_code == 0, result.output
     answers = json.loads(result.output)
     assert [a["file"] for a in answers] == list(map(str, image_files)) and len(answers[0]["top_k"]) == 3
-    assert all(isinstance(a["in_distribution"], bool) and a["in_distribution_score"] > 0 for a in answers)
+    assert all(isinstance(a["in_distribution"], bool) and isinstance(a["in_distribution_score"], float) for a in answers)
     with CIFAR10Client(cifar_server.url, timeout=30) as client:
         for answer, path in zip(answers, image_files):
             assert_same_answer(answer, client.classify(path))

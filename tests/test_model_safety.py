@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ModelStore, in_process_answers, service_in_process
+from contract.calibration import calibrate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"
@@ -484,8 +485,9 @@ def test_harmless_legacy_model_is_converted_with_the_same_predictions(
     assert "untrusted" not in answer, answer  # served in safe mode, no consent needed
     assert answer["max_difference"] < 1e-4 and answer["same_top_class"], answer
     name, version = imported_tag(result.stdout).split(":")
-    plot = home / "models" / name / version / "confusion_matrix.png"  # an import with data stores its plot
-    assert card["plots"] == ["confusion_matrix.png"] and plot.read_bytes().startswith(b"\x89PNG")
+    plot = home / "models" / name / version / "confusion_matrix.png"  # an import with data stores its plots:
+    assert card["plots"] == ["confusion_matrix.png", "reliability.png"]  # and calibrates (issue 22)
+    assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 # --- serving ----------------------------------------------------------------------------------------
@@ -529,7 +531,8 @@ def test_converted_legacy_model_serves_the_original_predictions(
         files.append(tmp_path / f"{index}.png")
         Image.fromarray(image).save(files[-1])
     served = in_process_answers(service_in_process(entry, files, CIFAR10_MODEL=entry.tag))
-    expected = expected_probabilities(original, images)
+    # the service answers calibrated probabilities: the original's, at the temperature the import fitted
+    expected = calibrate(expected_probabilities(original, images), answer["card"]["calibration"]["temperature"])
     for row, answer_row in zip(expected, served):
         got = {prediction["label"]: prediction["probability"] for prediction in answer_row["top_k"]}
         assert np.allclose([got[name] for name in CLASSES], row, atol=1e-4), (got, row)
