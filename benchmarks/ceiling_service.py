@@ -19,7 +19,7 @@ from contract.card import CIFAR10_CLASSES
 from service.classifier import classification
 from service.errors import answers_errors
 from service.http.inputs import ClassifyInput, read_files
-from service.inference.decoding import Decoder
+from service.inference.intake import Decoder
 from service.schemas import Classification
 from service.service import APP, SETTINGS, CIFAR10Classifier
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.calibration import Calibrated
-from service.inference.admission import Budget
-from service.inference.decoding import Decoder
+from service.inference.intake import Budget, Decoder
 from service.inference.device import Device, keras_backend
 from service.inference.registry import ModelRegistry, ServedModel
 from service.schemas import BatchingSettings, Classification, Limits, ModelMetadata, Prediction

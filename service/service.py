@@ -24,11 +24,10 @@ from service.http.inputs import ClassifyBatchInput, ClassifyInput, read_files
 from service.http.limits import LimitsMiddleware
 from service.http.raw_body import RawBodyMiddleware
 from service.http.routes import build_app
-from service.inference.admission import Budget
 from service.inference.batching import power_of_two_sizes
 from service.inference.control import (CONTROL_DIR_ENV, ControlFolderError, ModelControl, SharedControl,
                                        control_folder, create_control_folder)
-from service.inference.decoding import Decoder
+from service.inference.intake import Budget, Decoder
 from service.inference.device import configure_device
 from service.inference.memory import return_large_blocks_to_the_os
 from service.inference.registry import ModelRegistry

@@ -23,9 +23,8 @@ from benchmarks.harness import ServerProcess
 from conftest import MODEL_NAME
 from contract.images import ImageError, decode_image
 from service.errors import Overloaded, ProtocolError, RequestError
-from service.inference.admission import Budget
 from service.inference.control import CONTROL_DIR_ENV, ControlFolderError, SharedControl, control_folder
-from service.inference.decoding import Decoder, FileError
+from service.inference.intake import Budget, Decoder, FileError
 from service.v2.protocol import parse_infer_request
 
 pytestmark = pytest.mark.timeout(300)

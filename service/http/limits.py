@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Overloaded
-from service.inference.admission import Budget
+from service.inference.intake import Budget
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 DRAIN_FACTOR = 4  # read (and drop) up to this many times the limit so the client sees the 413

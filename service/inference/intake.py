@@ -1,4 +1,9 @@
-"""Image files -> one uint8 batch, off the event loop, with every file's cost known before it is decoded.
+"""What one worker takes in: budgets that bound its work, and image files -> one uint8 batch, off the
+event loop, with every file's cost known before it is decoded.
+
+A budget (request bytes, images, large images) is taken before the work starts and given back after it;
+past a budget a request is refused at once with 503 and `Retry-After` (`Overloaded`), rather than queued
+behind work the worker cannot finish soon: a flood costs its senders, not everyone else.
 
 Headers are read first (cheap): a file over the pixel limit, or a bomb, is refused before any pixel is
 decoded. Small images (phone JPEGs decode at a reduced draft scale) go to the main decode threads;
@@ -9,18 +14,50 @@ in its own line, or is refused with a quick 503, and never in front of everyone'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import threading
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 
 from contract.images import ImageError, OpenedImage, decode_opened, open_image
-from service.inference.admission import Budget
-from service.errors import RequestError
+from service.errors import RETRY_AFTER_S, Overloaded, RequestError
 from service.settings import Settings
 
 Result = TypeVar("Result")
+
+
+class Budget:
+    """A count (bytes, images) that holders take from and give back; thread-safe, never waits."""
+
+    def __init__(self, limit: int, unit: str) -> None:
+        self.limit = limit
+        self.unit = unit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, amount: int) -> None:
+        """Hold `amount`, or raise `Overloaded` (or a 413 when one request alone is over the limit)."""
+        if amount > self.limit:
+            raise RequestError(f"this request needs {amount} {self.unit} at once, over the limit of {self.limit}", 413)
+        with self._lock:
+            if self.held + amount > self.limit:
+                raise Overloaded(f"the server is busy ({self.held} {self.unit} in flight); retry in {RETRY_AFTER_S} s")
+            self.held += amount
+
+    def give_back(self, amount: int) -> None:
+        with self._lock:
+            self.held -= amount
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        self.take(amount)
+        try:
+            yield
+        finally:
+            self.give_back(amount)
 
 
 class FileError(ImageError):
