@@ -188,8 +188,12 @@ def print_tables(results: dict[str, object], stored: str | None) -> None:
 
 def plot_distributions(scored: Scored, results: dict[str, object], path: Path, title: str) -> None:
     """Histograms of every score: the test images against each set, with the threshold where there is one."""
-    fig, axes = plt.subplots(1, len(scored.test), figsize=(5 * len(scored.test), 4.2))
-    for ax, score in zip(axes, scored.test):
+    columns = min(3, len(scored.test))
+    rows = -(-len(scored.test) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(scored.test):]:
+        ax.axis("off")
+    for ax, score in zip(axes.flat, scored.test):
         groups = {"CIFAR-10 test": scored.test[score], **{name: v[score] for name, v in scored.sets.items()}}
         low, high = min(v.min() for v in groups.values()), max(v.max() for v in groups.values())
         bins = np.linspace(low, high if high > low else low + 1, 50)
@@ -201,8 +205,9 @@ def plot_distributions(scored: Scored, results: dict[str, object], path: Path, t
         ax.set_xlabel("score (higher: more like CIFAR-10)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("density")
-    axes[0].legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density")
+    axes[0, 0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
