@@ -9,7 +9,7 @@ photos, noise, flat colours). For every score of contract/calibration.py it prin
 in-distribution test images against each set; and at each score's threshold (the card's for the
 stored score, the same rule on the rebuilt validation split for the others) the share of test images
 falsely flagged and the share of each set flagged. Writes ood.json, ood.png (score distributions) and
-probabilities.npz (the model's outputs on every set).
+outputs.npz (the model's logits and feature norms, as served, on every set).
 `--data` must be the source the model was trained on, so that the validation split is rebuilt the same.
 Needs the `ood` extra: pip install -e '.[ood]'.
 """
@@ -46,7 +46,9 @@ console = Console()
 
 @dataclass(frozen=True)
 class Outputs:
-    """The served model's output probabilities on every image set (what every score is computed from)."""
+    """The served model's outputs on every image set (contract.predictor's `compile_logits`: logits and
+    penultimate feature norm, what every score is computed from; log p for a network whose logits cannot
+    be found)."""
 
     test: np.ndarray
     test_labels: np.ndarray
@@ -70,9 +72,12 @@ class Scored:
 
     @classmethod
     def of(cls, outputs: Outputs, temperature: float) -> Scored:
-        held_out = score_all(outputs.held_out, temperature) if outputs.held_out is not None else None
-        sets = {name: score_all(values, temperature) for name, values in outputs.sets.items()}
-        return cls(score_all(outputs.test, temperature), held_out, sets)
+        """Every score the model's outputs allow (feature_norm needs penultimate features)."""
+        test = score_all(outputs.test, temperature)
+        names = [name for name, values in test.items() if np.isfinite(values).all()]
+        held_out = score_all(outputs.held_out, temperature, names) if outputs.held_out is not None else None
+        sets = {name: score_all(values, temperature, names) for name, values in outputs.sets.items()}
+        return cls({name: test[name] for name in names}, held_out, sets)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def score_all(probabilities: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
-    return {name: cal.score(probabilities, name, temperature) for name in cal.SCORES}
+def score_all(outputs: np.ndarray, temperature: float, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    return {name: cal.score(outputs, name, temperature) for name in names or cal.SCORES}
 
 
 def held_out_split(card: ModelCard, data: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -113,10 +118,14 @@ def predict_all(args: argparse.Namespace) -> tuple[ModelCard, str, Outputs]:
     test = load_dataset(args.data, 0.0, 0, args.limit, cache=True)
     held = held_out_split(predictor.card, args.data) if args.limit is None else None
     sets = ood_sets(args.count, args.per_photo)
-    outputs = Outputs(batched(predictor.predict, test.x_test), test.y_test,
-                      batched(predictor.predict, held[0]) if held is not None else None,
-                      {name: batched(predictor.predict, images) for name, images in sets.items()})
-    accuracy = float(np.mean(outputs.test.argmax(axis=1) == test.y_test))
+    outputs = Outputs(batched(predictor.logits, test.x_test), test.y_test,
+                      batched(predictor.logits, held[0]) if held is not None else None,
+                      {name: batched(predictor.logits, images) for name, images in sets.items()})
+    if predictor.logits_missing:
+        console.print(f"[yellow]no logits ({predictor.logits_missing}): every score uses log p[/]")
+    if np.isnan(outputs.test["feature_norm"]).any():
+        console.print("[yellow]no penultimate features: feature_norm is NaN[/]")
+    accuracy = float(np.mean(cal.logits_of(outputs.test).argmax(axis=1) == test.y_test))
     calibration = predictor.card.calibration
     console.print(f"{predictor.tag}: test accuracy {accuracy:.2%} on {len(test.y_test)} images; "
                   + (f"temperature {calibration.temperature:.3f}" if calibration else "uncalibrated card"))
@@ -148,7 +157,7 @@ def measure(card: ModelCard, scored: Scored) -> dict[str, object]:
     limits = thresholds(card, scored)
     return {
         "auroc": {score: {name: auroc(scored.test[score], values[score]) for name, values in scored.sets.items()}
-                  for score in cal.SCORES},
+                  for score in scored.test},
         "thresholds": limits,
         "test_false_flag_rate": {score: cal.flag_rate(scored.test[score], limit) for score, limit in limits.items()},
         "flagged": {score: {name: cal.flag_rate(values[score], limit) for name, values in scored.sets.items()}
@@ -179,8 +188,12 @@ def print_tables(results: dict[str, object], stored: str | None) -> None:
 
 def plot_distributions(scored: Scored, results: dict[str, object], path: Path, title: str) -> None:
     """Histograms of every score: the test images against each set, with the threshold where there is one."""
-    fig, axes = plt.subplots(1, len(cal.SCORES), figsize=(5 * len(cal.SCORES), 4.2))
-    for ax, score in zip(axes, cal.SCORES):
+    columns = min(3, len(scored.test))
+    rows = -(-len(scored.test) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(scored.test):]:
+        ax.axis("off")
+    for ax, score in zip(axes.flat, scored.test):
         groups = {"CIFAR-10 test": scored.test[score], **{name: v[score] for name, v in scored.sets.items()}}
         low, high = min(v.min() for v in groups.values()), max(v.max() for v in groups.values())
         bins = np.linspace(low, high if high > low else low + 1, 50)
@@ -192,8 +205,9 @@ def plot_distributions(scored: Scored, results: dict[str, object], path: Path, t
         ax.set_xlabel("score (higher: more like CIFAR-10)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("density")
-    axes[0].legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density")
+    axes[0, 0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
               "calibration": card.calibration.model_dump(mode="json") if card.calibration else None,
               "seconds": round(time.perf_counter() - started, 1), **results}
     (output / "ood.json").write_text(json.dumps(report, indent=2))
-    outputs.save(output / "probabilities.npz")
+    outputs.save(output / "outputs.npz")
     plot_distributions(scored, results, output / "ood.png", f"{tag}: in-distribution scores")
     console.print(f"{command}\n{report['machine']['cpu']}; wrote {output / 'ood.json'} and {output / 'ood.png'}")
 

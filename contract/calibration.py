@@ -1,14 +1,18 @@
 """Temperature scaling and the out-of-distribution score: the one place the math lives (numpy only).
 
-Every stored model outputs probabilities (after test-time augmentation), never logits. Since
-log p = logits - logsumexp(logits), log p are the logits up to one constant per image, which softmax
-ignores: softmax(log(p) / T) is exactly temperature scaling, for every stored model and format.
+Everything here starts from what the predictor computes per image (contract/predictor.py's
+`compile_logits`, `outputs_dtype` rows): the logits, the input of the network's final softmax combined
+over the test-time augmentation views so that softmax(logits) is the served probabilities, and the L2
+norm of the penultimate features. Temperature scaling is softmax(logits / T). For a network whose
+logits cannot be found the predictor gives log p instead, the logits up to one constant per image,
+which softmax ignores: temperature scaling and the probability scores are the same from either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -19,7 +23,27 @@ TINY = 1e-12
 ECE_BINS = 15
 
 
+@cache
+def outputs_dtype(classes: int) -> np.dtype:
+    """What the predictor's `compile_logits` gives per image: the logits (log p where the network's cannot
+    be found) and the L2 norm of the penultimate features (NaN where there are none); laid out as a
+    float32 (n, classes + 1) array, which `as_outputs` views as these rows without a copy."""
+    return np.dtype([("logits", np.float32, (classes,)), ("feature_norm", np.float32)])
+
+
+def as_outputs(values: np.ndarray) -> np.ndarray:
+    """A float32 (n, classes + 1) array (the logits, then the feature norm) -> `outputs_dtype` rows."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return values.view(outputs_dtype(values.shape[1] - 1))[:, 0]
+
+
+def logits_of(outputs: np.ndarray) -> np.ndarray:
+    """The logits of `outputs_dtype` rows, float64; a plain (n, classes) array is taken as the logits."""
+    return np.asarray(outputs["logits"] if outputs.dtype.names else outputs, dtype=np.float64)
+
+
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """log p, clipped: what stands in for the logits of a model that outputs only probabilities."""
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), TINY, None))
 
 
@@ -34,9 +58,19 @@ def logsumexp(values: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(values - top[:, None]).sum(axis=1))
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    return logits - logsumexp(logits)[:, None]
+
+
+def calibrated(outputs: np.ndarray, temperature: float) -> np.ndarray:
+    """The predictor's outputs (or (n, k) logits) -> softmax(logits / T), float64: the calibrated probabilities."""
+    return softmax(logits_of(outputs) / temperature)
+
+
 def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """(n, k) output probabilities -> softmax(log(p) / T), float64."""
-    return softmax(log_probabilities(probabilities) / temperature)
+    """(n, k) output probabilities -> softmax(log(p) / T), float64: the same, from probabilities."""
+    return calibrated(log_probabilities(probabilities), temperature)
 
 
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -63,13 +97,13 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / max(counts.sum(), 1))
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
+def fit_temperature(outputs: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
     """The temperature of least NLL, by golden-section search on 1/T (the NLL is convex in 1/T)."""
-    log_p = log_probabilities(probabilities)
+    logits = logits_of(outputs)
     labels = np.asarray(labels)
 
     def nll(inverse: float) -> float:
-        scaled = log_p * inverse
+        scaled = logits * inverse
         return float(np.mean(logsumexp(scaled) - scaled[np.arange(len(labels)), labels]))
 
     a, b = 1.0 / high, 1.0 / low
@@ -88,34 +122,51 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, low: float = 
     return float(2.0 / (a + b))
 
 
-def max_probability(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    return calibrate(probabilities, temperature).max(axis=1)
+def max_probability(outputs: np.ndarray, temperature: float) -> np.ndarray:
+    return calibrated(outputs, temperature).max(axis=1)
 
 
-def margin(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+def margin(outputs: np.ndarray, temperature: float) -> np.ndarray:
     """Top calibrated probability minus the second."""
-    top_two = np.sort(calibrate(probabilities, temperature), axis=1)[:, -2:]
+    top_two = np.sort(calibrated(outputs, temperature), axis=1)[:, -2:]
     return top_two[:, 1] - top_two[:, 0]
 
 
-def neg_entropy(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+def neg_entropy(outputs: np.ndarray, temperature: float) -> np.ndarray:
     """Minus the Shannon entropy of the calibrated probabilities."""
-    calibrated = calibrate(probabilities, temperature)
-    return np.sum(calibrated * np.log(np.clip(calibrated, TINY, None)), axis=1)
+    probabilities = calibrated(outputs, temperature)
+    return np.sum(probabilities * np.log(np.clip(probabilities, TINY, None)), axis=1)
 
 
-def energy(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """The energy score T·logsumexp(z/T), with z = log p standing in for the logits.
+def energy(outputs: np.ndarray, temperature: float) -> np.ndarray:
+    """The energy score T·logsumexp(z/T) with z = log p standing in for the logits (as stored before the
+    predictor returned logits: kept so that those cards serve as they were fitted).
 
     With z = log p it equals (T - 1)·H(p), H the Rényi entropy of order 1/T: the per-image constant
     the softmax removed is exactly what gives energy its edge on logits. Divided by (T - 1) so that
     higher still means in distribution for any T; T = 1 is the Shannon limit.
     """
-    log_p = log_probabilities(probabilities)
+    log_p = log_softmax(logits_of(outputs))
     if abs(temperature - 1.0) < 1e-6:
         p = np.exp(log_p)
         return np.sum(p * log_p, axis=1)
     return -temperature * logsumexp(log_p / temperature) / (temperature - 1.0)
+
+
+def logit_energy(outputs: np.ndarray, temperature: float) -> np.ndarray:
+    """The energy score proper, logsumexp of the logits (Liu et al. 2020, at their T = 1): how strongly
+    the network responds to any class at all, which the softmax removes. The calibration temperature
+    is not used (it is fitted for the probabilities, not for detection)."""
+    return logsumexp(logits_of(outputs))
+
+
+def feature_norm(outputs: np.ndarray, temperature: float) -> np.ndarray:
+    """The L2 norm of the penultimate features (the input of the layer that computes the logits), the
+    test-time augmentation views' mean: how strongly the features the classes are read from respond at
+    all. NaN where the network has none; the temperature is not used."""
+    if not outputs.dtype.names:
+        raise ValueError("feature_norm needs the predictor's outputs (contract.predictor.compile_logits), not logits")
+    return np.asarray(outputs["feature_norm"], dtype=np.float64)
 
 
 SCORES: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
@@ -123,17 +174,20 @@ SCORES: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "margin": margin,
     "neg_entropy": neg_entropy,
     "energy": energy,
+    "logit_energy": logit_energy,
+    "feature_norm": feature_norm,
 }
 
 
-def score(probabilities: np.ndarray, name: ScoreName | str, temperature: float) -> np.ndarray:
-    """(n,) in-distribution scores (higher: more like the training data) from raw output probabilities."""
-    return SCORES[name](probabilities, temperature)
+def score(outputs: np.ndarray, name: ScoreName | str, temperature: float) -> np.ndarray:
+    """(n,) in-distribution scores (higher: more like the training data) from the predictor's outputs
+    (`outputs_dtype` rows; all but `feature_norm` also from plain (n, k) logits)."""
+    return SCORES[name](outputs, temperature)
 
 
-def in_distribution_scores(probabilities: np.ndarray, calibration: Calibration) -> np.ndarray:
-    """The card's score of each image, from the model's raw output probabilities."""
-    return score(probabilities, calibration.score, calibration.temperature)
+def in_distribution_scores(outputs: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """The card's score of each image, from the predictor's outputs."""
+    return score(outputs, calibration.score, calibration.temperature)
 
 
 def threshold_for_flag_rate(scores: np.ndarray, rate: float) -> float:
@@ -162,13 +216,48 @@ class Calibrated:
     in_distribution: np.ndarray | None  # (n,) bool
 
 
-def apply_calibration(probabilities: np.ndarray, calibration: Calibration | None,
+def apply_calibration(outputs: np.ndarray, calibration: Calibration | None,
                       threshold: float | None = None) -> Calibrated:
-    """A predictor's batch output -> calibrated probabilities, scores and flags; `threshold` overrides
-    the card's. Without calibration the probabilities pass through unchanged."""
+    """The predictor's outputs for a batch -> calibrated probabilities, scores and flags; `threshold`
+    overrides the card's. Without calibration, the softmax of the logits (the model's probabilities)."""
     if calibration is None:
-        return Calibrated(np.asarray(probabilities, dtype=np.float32), None, None)
-    calibrated = calibrate(probabilities, calibration.temperature).astype(np.float32)
-    scores = in_distribution_scores(probabilities, calibration)
+        return Calibrated(softmax(logits_of(outputs)).astype(np.float32), None, None)
+    probabilities = calibrated(outputs, calibration.temperature).astype(np.float32)
+    scores = in_distribution_scores(outputs, calibration)
     limit = calibration.threshold if threshold is None else threshold
-    return Calibrated(calibrated, scores.astype(np.float32), scores >= limit)
+    return Calibrated(probabilities, scores.astype(np.float32), scores >= limit)
+
+
+# --- in the service: the calibration applied once per model call -----------------------------------------
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@cache
+def rows_dtype(classes: int) -> np.dtype:
+    """One served row per image: calibrated probabilities, score and flag. The micro-batcher splits a
+    batch's output by rows and joins a large request's parts again with the plain slicing and
+    `np.concatenate` it uses for any array, so the calibration runs once per batch, in the inference thread."""
+    return np.dtype([("probabilities", np.float32, (classes,)), ("score", np.float32), ("in_distribution", np.bool_)])
+
+
+def calibrated_predict(outputs: Predict, calibration: Calibration | None, threshold: float | None) -> Predict:
+    """uint8 images -> one `rows_dtype` row per image, from the predictor's outputs (contract.predictor's
+    `compile_logits`); `threshold` overrides the card's."""
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        result = apply_calibration(outputs(images), calibration, threshold)
+        rows = np.empty(len(images), rows_dtype(result.probabilities.shape[1]))
+        rows["probabilities"] = result.probabilities
+        if result.scores is not None:
+            rows["score"], rows["in_distribution"] = result.scores, result.in_distribution
+        return rows
+
+    return forward
+
+
+def unpacked(rows: np.ndarray, calibrated: bool) -> Calibrated:
+    """Rows from `calibrated_predict` as a `Calibrated` (no scores or flags if uncalibrated)."""
+    if not calibrated:
+        return Calibrated(rows["probabilities"], None, None)
+    return Calibrated(rows["probabilities"], rows["score"], rows["in_distribution"])

@@ -20,9 +20,9 @@ CIFAR10_CLASSES: list[str] = [
 INPUT_SHAPE: list[int] = [32, 32, 3]
 
 ModelFormat = Literal["keras", "tf-keras-h5", "tf-keras-savedmodel"]
-# In-distribution scores computable from a model's output probabilities (contract/calibration.py);
+# In-distribution scores computable from a model's logits or penultimate features (contract/calibration.py);
 # higher means more like the training data.
-ScoreName = Literal["max_probability", "margin", "neg_entropy", "energy"]
+ScoreName = Literal["max_probability", "margin", "neg_entropy", "energy", "logit_energy", "feature_norm"]
 RELIABILITY_PLOT = "reliability.png"
 InputScaling = Literal["uint8", "0-1", "-1-1"]
 

@@ -1,4 +1,4 @@
-"""A stored model ready for inference: uint8 (n, 32, 32, 3) in, class probabilities out.
+"""A stored model ready for inference: uint8 (n, 32, 32, 3) in, class probabilities or logits out.
 
 Used by the service, by training's evaluation and by import, so a model is scored exactly as it is
 served. TensorFlow, Keras and BentoML are imported when a model is loaded, not at import.
@@ -6,15 +6,19 @@ served. TensorFlow, Keras and BentoML are imported when a model is loaded, not a
 
 from __future__ import annotations
 
+import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from contract.calibration import as_outputs
 from contract.card import INPUT_SCALINGS, INPUT_SHAPE, ModelCard
 
 Predict = Callable[[np.ndarray], np.ndarray]
+logger = logging.getLogger(__name__)
 
 
 def short_reason(error: Exception, limit: int = 120) -> str:
@@ -32,9 +36,11 @@ class Predictor:
     tag: str
     card: ModelCard
     labels: dict[str, str]
-    predict: Predict
+    predict: Predict  # probabilities (after test-time augmentation)
+    logits: Predict  # `compile_logits` (logits and feature norm): what the service and the calibration run
     path: Path  # the store entry's folder (the model file, the plots)
     creation_time: Any = None
+    logits_missing: str = ""  # why `logits` gives log p instead ("" when they are the network's logits)
 
     @property
     def class_names(self) -> list[str]:
@@ -53,42 +59,157 @@ def load_network(path: Path, model_format: str) -> Any:
     return tf_keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-def tta_forward(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool) -> Callable[[Any], Any]:
-    """uint8 images -> probabilities, written with `keras.ops` so it runs under any Keras backend.
+def is_softmax(layer: Any) -> bool:
+    """A layer that ends in a softmax: an Activation or Softmax layer, or one (Dense) with that activation."""
+    if type(layer).__name__ == "Softmax":
+        return True
+    return getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
 
-    `flip_tta` averages the image and its mirror; `translate_tta` also averages (with equal weight to
-    those two) the mirrored pair shifted one pixel up-left and one down-right, as airbench evaluates.
-    """
+
+def logits_dense(tensor: Any, steps: int = 4) -> Any:
+    """The Dense layer that computes the logits `tensor`, through up to `steps` single-input layers
+    after it (fast's fixed Rescaling), or None."""
+    for _ in range(steps):
+        layer = tensor._keras_history[0]
+        if type(layer).__name__ == "Dense":
+            return layer
+        tensor = layer.input
+        if isinstance(tensor, (list, tuple)):
+            return None
+    return None
+
+
+Head = Callable[[Any], tuple[Any, Any]]  # a view -> (penultimate features or None, logits)
+
+
+def logits_network(network: Any) -> tuple[Head | None, str]:
+    """x -> the penultimate features (the input of the Dense layer that computes the logits; None where
+    there is none) and the logits of the network's final softmax (its input, or for a Dense layer with a
+    softmax activation its kernel and bias applied to the layer's input); or None and why they cannot be found."""
+    last = network.layers[-1] if getattr(network, "layers", None) else None
+    if last is None or not is_softmax(last):
+        return None, f"its last layer ({type(last).__name__}) is not a softmax"
+    try:
+        module = importlib.import_module(type(network).__module__.split(".")[0])
+        if hasattr(last, "kernel"):
+            return dense_head(module.Model(network.inputs, last.input), last), ""
+        dense = logits_dense(last.input)
+        body = module.Model(network.inputs, last.input if dense is None else [dense.input, last.input])
+    except Exception as error:  # noqa: BLE001 - revived SavedModels, nested models: fall back to log p
+        return None, f"the input of its softmax cannot be reached ({short_reason(error, 80)})"
+
+    def head(x: Any) -> tuple[Any, Any]:
+        found = body(x, training=False)
+        return (None, found) if dense is None else (found[0], found[1])
+
+    return head, ""
+
+
+def dense_head(body: Any, dense: Any) -> Head:
+    """A Dense layer with a softmax activation: its input, and its kernel and bias applied to it."""
+    from keras import ops
+
+    kernel, bias = dense.kernel, dense.bias if getattr(dense, "use_bias", False) else None
+
+    def head(x: Any) -> tuple[Any, Any]:
+        features = body(x, training=False)
+        z = ops.matmul(ops.cast(features, kernel.dtype), kernel)
+        return features, z if bias is None else z + bias
+
+    return head
+
+
+def tta_views(x: Any, flip_tta: bool, translate_tta: bool) -> list[tuple[Any, float]]:
+    """The views of a batch and their weights: the image and its mirror averaged with `flip_tta`; with
+    `translate_tta`, also (with equal weight to those two) the mirrored pair shifted one pixel up-left and
+    one down-right, as airbench evaluates."""
+    from keras import ops
+
+    def mirrored(view: Any, weight: float) -> list[tuple[Any, float]]:
+        return [(view, weight / 2), (ops.flip(view, axis=2), weight / 2)] if flip_tta else [(view, weight)]
+
+    if not translate_tta:
+        return mirrored(x, 1.0)
+    padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+    return mirrored(x, 0.5) + mirrored(padded[:, :-2, :-2], 0.25) + mirrored(padded[:, 2:, 2:], 0.25)
+
+
+def tta_forward(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool) -> Callable[[Any], Any]:
+    """uint8 images -> probabilities (the weighted mean over `tta_views`), written with `keras.ops` so it
+    runs under any Keras backend."""
     from keras import ops
 
     scale, offset = INPUT_SCALINGS[input_scaling]
 
-    def mirrored(x: Any) -> Any:
-        probabilities = ops.cast(network(x, training=False), "float32")
-        if flip_tta:
-            flipped = ops.cast(network(ops.flip(x, axis=2), training=False), "float32")
-            probabilities = (probabilities + flipped) / 2.0
-        return probabilities
-
     def forward(images: Any) -> Any:
         x = images if input_scaling == "uint8" else ops.cast(images, "float32") * scale + offset
-        probabilities = mirrored(x)
-        if translate_tta:
-            padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
-            shifted = (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:])) / 2.0
-            probabilities = (probabilities + shifted) / 2.0
-        return probabilities
+        views = tta_views(x, flip_tta, translate_tta)
+        if len(views) == 1:
+            return ops.cast(network(x, training=False), "float32")
+        return sum(ops.cast(network(view, training=False), "float32") * weight for view, weight in views)
 
     return forward
 
 
+def tta_logits_forward(network: Any, input_scaling: str, flip_tta: bool,
+                       translate_tta: bool) -> tuple[Callable[[Any], Any], str]:
+    """uint8 images -> (n, k + 1): the logits z and the penultimate features' L2 norm (`OUTPUTS_DTYPE`'s
+    layout), and why not ("" when both are found).
+
+    With test-time augmentation z = log(mean of the views' softmax) + mean of the views' logsumexp(logits)
+    and the norm is the views' mean: softmax(z) is `tta_forward`'s probabilities, logsumexp(z) (the
+    energy) the views' mean, and without views z is the logits themselves. A network whose logits cannot
+    be found gives z = log p (logsumexp 0); one without penultimate features, a NaN norm.
+    """
+    from keras import ops
+
+    scale, offset = INPUT_SCALINGS[input_scaling]
+    head, why = logits_network(network)
+
+    def view_outputs(view: Any) -> tuple[Any, Any]:
+        if head is None:
+            p = ops.cast(network(view, training=False), "float32")
+            return ops.log(ops.maximum(p, 1e-12)), ops.full_like(p[:, :1], float("nan"))
+        features, z = head(view)
+        if features is None:
+            return ops.cast(z, "float32"), ops.full_like(ops.cast(z[:, :1], "float32"), float("nan"))
+        features = ops.reshape(ops.cast(features, "float32"), (ops.shape(features)[0], -1))
+        return ops.cast(z, "float32"), ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
+
+    def forward(images: Any) -> Any:
+        x = images if input_scaling == "uint8" else ops.cast(images, "float32") * scale + offset
+        views = tta_views(x, flip_tta, translate_tta)
+        if len(views) == 1:
+            return ops.concatenate(view_outputs(x), axis=-1)
+        each = [view_outputs(view) for view, _ in views]
+        log_mean = ops.logsumexp(ops.stack([ops.log_softmax(z, axis=-1) + float(np.log(weight))
+                                            for (z, _), (_, weight) in zip(each, views)]), axis=0)
+        energy = sum(ops.logsumexp(z, axis=-1, keepdims=True) * weight for (z, _), (_, weight) in zip(each, views))
+        norm = sum(norm * weight for (_, norm), (_, weight) in zip(each, views))
+        return ops.concatenate([log_mean + energy, norm], axis=-1)
+
+    return forward, why
+
+
 def compile_inference(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False) -> Predict:
-    """The forward pass compiled once for the running Keras backend, uint8 (n, 32, 32, 3) in: a
-    `tf.function` with a fixed signature on TensorFlow, `jax.jit` on JAX (batches padded to powers of
-    two, so a few shapes are compiled, not one per batch size)."""
+    """The forward pass compiled once for the running Keras backend, uint8 (n, 32, 32, 3) in, probabilities
+    out: a `tf.function` with a fixed signature on TensorFlow, `jax.jit` on JAX (batches padded to powers
+    of two, so a few shapes are compiled, not one per batch size)."""
+    return compile_forward(tta_forward(network, input_scaling, flip_tta, translate_tta))
+
+
+def compile_logits(network: Any, input_scaling: str, flip_tta: bool, translate_tta: bool = False) -> tuple[Predict, str]:
+    """`tta_logits_forward` compiled as `compile_inference` is: uint8 images -> one `outputs_dtype` row per
+    image (logits, penultimate feature norm; contract.calibration), and why the logits are log p instead
+    ("" when they are the network's)."""
+    forward, why = tta_logits_forward(network, input_scaling, flip_tta, translate_tta)
+    predict = compile_forward(forward)
+    return lambda images: as_outputs(predict(images)), why
+
+
+def compile_forward(forward: Callable[[Any], Any]) -> Predict:
     import keras
 
-    forward = tta_forward(network, input_scaling, flip_tta, translate_tta)
     if keras.backend.backend() == "jax":
         return jax_predict(forward)
     import tensorflow as tf
@@ -146,5 +267,8 @@ def load_predictor(tag: str, trust_model_code: bool = False, entry: tuple[Any, M
     check_trust(str(ref.tag), card, trust_model_code)
     network = load_network(Path(ref.path) / card.model_file, card.format)
     predict = compile_inference(network, card.input_scaling, card.flip_tta, card.translate_tta)
+    logits, missing = compile_logits(network, card.input_scaling, card.flip_tta, card.translate_tta)
+    if missing:
+        logger.warning("model '%s': no logits (%s); its out-of-distribution scores use log p", ref.tag, missing)
     return Predictor(tag=str(ref.tag), card=card, labels=dict(ref.info.labels), predict=predict,
-                     path=Path(ref.path), creation_time=ref.info.creation_time)
+                     path=Path(ref.path), creation_time=ref.info.creation_time, logits=logits, logits_missing=missing)

@@ -12,19 +12,21 @@ from training.calibration import Predictions, fit_calibration, plot_reliability,
 
 
 def sampled(count: int, sharpen: float, seed: int) -> Predictions:
-    """A predictor that is calibrated before `sharpen`: labels are drawn from softmax(z), and it outputs
-    softmax(sharpen * z); sharpen > 1 makes it over-confident, exactly by temperature `sharpen`."""
+    """A predictor that is calibrated before `sharpen`: labels are drawn from softmax(z), and its logits
+    are sharpen * z; sharpen > 1 makes it over-confident, exactly by temperature `sharpen`. Its feature
+    norm grows with the top logit (as a trained network's does), plus noise."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 2.0, (count, 10))
     logits[np.arange(count), rng.integers(0, 10, count)] += 3.0  # a clear favourite, as a trained model has
     truth = cal.softmax(logits)
     labels = (truth.cumsum(axis=1) > rng.random((count, 1))).argmax(axis=1)
-    return Predictions(cal.softmax(sharpen * logits).astype(np.float32), labels)
+    norms = 5.0 + logits.max(axis=1) + rng.normal(0, 1.0, count)
+    return Predictions.from_outputs(cal.as_outputs(np.column_stack([sharpen * logits, norms])), labels)
 
 
 def test_temperature_fitting_lowers_ece_on_an_over_confident_model() -> None:
     validation, test = sampled(20_000, 3.0, seed=1), sampled(20_000, 3.0, seed=2)
-    temperature = cal.fit_temperature(validation.probabilities, validation.labels)
+    temperature = cal.fit_temperature(validation.outputs, validation.labels)
     assert temperature == pytest.approx(3.0, rel=0.05)  # the sharpening it undoes
     before = cal.expected_calibration_error(test.probabilities, test.labels)
     after = cal.expected_calibration_error(cal.calibrate(test.probabilities, temperature), test.labels)
@@ -35,12 +37,15 @@ def test_temperature_fitting_lowers_ece_on_an_over_confident_model() -> None:
 
 def test_an_under_confident_model_gets_a_temperature_below_one() -> None:
     validation = sampled(4000, 0.5, seed=3)
-    assert cal.fit_temperature(validation.probabilities, validation.labels) == pytest.approx(0.5, rel=0.05)
+    assert cal.fit_temperature(validation.outputs, validation.labels) == pytest.approx(0.5, rel=0.05)
+    # the same temperature from log p: softmax ignores the constant per image that log p lacks
+    from_probabilities = cal.log_probabilities(validation.probabilities)
+    assert cal.fit_temperature(from_probabilities, validation.labels) == pytest.approx(0.5, rel=0.05)
 
 
 def test_a_calibrated_model_keeps_temperature_one_and_its_ece() -> None:
     validation, test = sampled(20_000, 1.0, seed=4), sampled(20_000, 1.0, seed=5)
-    temperature = cal.fit_temperature(validation.probabilities, validation.labels)
+    temperature = cal.fit_temperature(validation.outputs, validation.labels)
     assert temperature == pytest.approx(1.0, abs=0.05)
     assert cal.expected_calibration_error(cal.calibrate(test.probabilities, temperature), test.labels) < 0.02
 
@@ -63,7 +68,7 @@ def test_the_stored_threshold_flags_the_requested_share_of_held_out_images(score
     fitted = fit_calibration(validation, held_out, rate, score)
     assert fitted.val_flag_rate == pytest.approx(rate, abs=0.002)
     assert fitted.test is not None and fitted.test.flag_rate == pytest.approx(rate, abs=0.02)
-    served = cal.apply_calibration(held_out.probabilities, fitted)
+    served = cal.apply_calibration(held_out.outputs, fitted)
     assert 1 - served.in_distribution.mean() == pytest.approx(fitted.test.flag_rate)
 
 
@@ -78,26 +83,65 @@ def test_ties_at_the_threshold_stay_in_distribution() -> None:
 def test_apply_calibration_keeps_the_ranking_and_overrides_the_threshold() -> None:
     data = sampled(500, 3.0, seed=8)
     fitted = fit_calibration(data, None, 0.05, "max_probability")
-    served = cal.apply_calibration(data.probabilities, fitted)
+    served = cal.apply_calibration(data.outputs, fitted)
     assert served.probabilities.dtype == np.float32 and served.scores.dtype == np.float32
     assert np.allclose(served.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (served.probabilities.argmax(axis=1) == data.probabilities.argmax(axis=1)).all()
     assert np.allclose(served.scores, served.probabilities.max(axis=1), atol=1e-6)
-    assert not cal.apply_calibration(data.probabilities, fitted, threshold=1.1).in_distribution.any()
-    assert cal.apply_calibration(data.probabilities, fitted, threshold=0.0).in_distribution.all()
-    plain = cal.apply_calibration(data.probabilities, None)
+    assert not cal.apply_calibration(data.outputs, fitted, threshold=1.1).in_distribution.any()
+    assert cal.apply_calibration(data.outputs, fitted, threshold=0.0).in_distribution.all()
+    # the same from probabilities, but for those below the log's clip (1e-12)
+    assert np.allclose(served.probabilities, cal.calibrate(data.probabilities, fitted.temperature), atol=1e-3)
+    plain = cal.apply_calibration(data.outputs, None)
     assert plain.scores is None and plain.in_distribution is None
-    assert np.array_equal(plain.probabilities, data.probabilities)
+    assert plain.probabilities.dtype == np.float32 and np.allclose(plain.probabilities, data.probabilities, atol=1e-7)
 
 
 def test_scores_rank_a_confident_image_above_a_uniform_one() -> None:
-    confident, flat = [0.91] + [0.01] * 9, [0.1] * 10
+    confident, flat = np.log([0.91] + [0.01] * 9) + 2.0, np.log([0.1] * 10)  # logits
+    outputs = cal.as_outputs(np.array([[*confident, 9.0], [*flat, 3.0]]))  # and feature norms
     for name in cal.SCORES:
         for temperature in (0.5, 1.0, 1.5):
-            values = cal.score(np.array([confident, flat]), name, temperature)
+            values = cal.score(outputs, name, temperature)
             assert values[0] > values[1], (name, temperature)
     near_one = cal.energy(np.array([confident]), 1.0 + 1e-4)
     assert near_one == pytest.approx(cal.energy(np.array([confident]), 1.0), abs=1e-3)  # continuous at T = 1
+
+
+def test_only_logit_energy_sees_how_strongly_the_network_responds() -> None:
+    """Logits shifted by a constant per image give the same probabilities, so every score of them but
+    logit_energy is unchanged; logit_energy moves by exactly that constant (logsumexp(z + c) = logsumexp(z) + c)."""
+    logits = cal.logits_of(sampled(200, 2.0, seed=9).outputs)
+    shift = np.random.default_rng(10).normal(0, 3, (len(logits), 1))
+    for name in set(cal.SCORES) - {"feature_norm"}:
+        before, after = cal.score(logits, name, 0.7), cal.score(logits + shift, name, 0.7)
+        if name == "logit_energy":
+            assert np.allclose(after - before, shift[:, 0])
+        else:
+            assert np.allclose(after, before, atol=1e-9), name
+    # the old energy is one of log p: from the network's probabilities, it is what it was from logits
+    log_p = cal.log_probabilities(cal.softmax(logits))
+    assert np.allclose(cal.energy(log_p, 0.7), cal.energy(logits, 0.7), atol=1e-6)
+
+
+def test_a_score_of_the_logits_or_features_falls_back_to_what_the_network_gives() -> None:
+    """Predictions without logits (a network whose logits cannot be found) are calibrated with the energy
+    of log p, without penultimate features with logit_energy, and say so; otherwise the score is kept."""
+    data = sampled(1000, 2.0, seed=11)
+    with pytest.warns(UserWarning, match="instead of logit_energy"):
+        fallback = fit_calibration(Predictions(data.probabilities, data.labels), None, 0.05, "logit_energy")
+    assert fallback.score == "energy"
+    assert fit_calibration(data, None, 0.05, "logit_energy").score == "logit_energy"
+    missing = Predictions.from_outputs(cal.log_probabilities(data.probabilities), data.labels, "no softmax")
+    assert missing.outputs is None and np.allclose(missing.probabilities, data.probabilities, atol=1e-6)
+    with pytest.warns(UserWarning, match="no logits"):
+        assert fit_calibration(missing, None, 0.05, "feature_norm").score == "energy"
+    no_features = data.outputs.copy()
+    no_features["feature_norm"] = np.nan  # a network whose logits do not come from a Dense layer
+    with pytest.warns(UserWarning, match="no penultimate features"):
+        fallback = fit_calibration(Predictions.from_outputs(no_features, data.labels), None, 0.05, "feature_norm")
+    assert fallback.score == "logit_energy"
+    assert fit_calibration(data, None, 0.05, "feature_norm").score == "feature_norm"
 
 
 def test_old_cards_load_as_uncalibrated() -> None:

@@ -16,7 +16,7 @@ from service.http.auth import ApiKeyMiddleware, bearer_token, is_open
 from contract.calibration import Calibrated, apply_calibration
 from contract.card import Calibration
 from service.inference.batching import BatcherClosed, MicroBatcher, power_of_two_sizes
-from service.inference.calibrated import calibrated_predict, unpacked
+from contract.calibration import calibrated_predict, unpacked
 from service.inference.device import configure_device
 from service.http.limits import validation_message
 from contract.images import ImageError, decode_image

@@ -248,7 +248,7 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     # calibrated on the 20 validation images, measured on the 50 test images; the diagram stored with the model
     calibration = meta["calibration"]
     assert calibration == report["calibration"] and calibration["val_size"] == 20
-    assert calibration["score"] == "energy" and calibration["flag_rate"] == 0.05
+    assert calibration["score"] == "feature_norm" and calibration["flag_rate"] == 0.05  # the default: cnn has a Dense head
     assert calibration["test"]["size"] == 50 and calibration["temperature"] > 0
     printed = re.search(r"test ECE ([\d.]+)% -> ([\d.]+)%", result.stdout)
     assert printed and float(printed[1]) == round(100 * calibration["test"]["ece_before"], 2), result.stdout

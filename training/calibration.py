@@ -7,6 +7,8 @@ decides which images each number is fitted or measured on, and writes the figure
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +23,39 @@ from contract.card import RELIABILITY_PLOT, Calibration, CalibrationTest, ScoreN
 from training.report import save_figure  # noqa: E402
 
 
+# Scores that need more than the probabilities, and what stands in where the network lacks it: logits
+# (from log p, logsumexp is 0) or penultimate features.
+NEEDS_LOGITS: frozenset[str] = frozenset({"logit_energy", "feature_norm"})
+FALLBACK: dict[str, ScoreName] = {"feature_norm": "logit_energy", "logit_energy": "energy"}
+
+
 @dataclass(frozen=True)
 class Predictions:
-    """A model's output probabilities (as served: after test-time augmentation) and the true labels."""
+    """A model's output probabilities as served (after test-time augmentation), the true labels, and the
+    predictor's outputs where they are known (contract.predictor's `compile_logits`: logits and feature
+    norm; None: only the probabilities)."""
 
     probabilities: np.ndarray
     labels: np.ndarray
+    outputs: np.ndarray | None = None
+
+    @classmethod
+    def from_outputs(cls, outputs: np.ndarray, labels: np.ndarray, logits_missing: str = "") -> Predictions:
+        """From `compile_logits`: its reason `logits_missing` says the logits are log p."""
+        return cls(cal.softmax(cal.logits_of(outputs)), labels, None if logits_missing else outputs)
+
+    @property
+    def scored(self) -> np.ndarray:
+        """What the temperature and the scores are computed from: the outputs, or log p in their place."""
+        return self.outputs if self.outputs is not None else cal.log_probabilities(self.probabilities)
+
+    def lacks(self, score: str) -> str:
+        """Why `score` cannot be computed from these predictions ("" if it can)."""
+        if score in NEEDS_LOGITS and self.outputs is None:
+            return "no logits, only probabilities"
+        if score == "feature_norm" and (self.outputs is None or np.isnan(self.outputs["feature_norm"]).any()):
+            return "no penultimate features"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -37,12 +66,23 @@ class Fitted:
     seconds: float
 
 
-def fit_calibration(held_out: Predictions, test: Predictions | None, flag_rate: float,
-                    score: ScoreName) -> Calibration:
+def usable_score(score: ScoreName, held_out: Predictions, warn: Callable[[str], None]) -> ScoreName:
+    """`score`, or the first of its `FALLBACK` scores the predictions allow (with a warning)."""
+    chosen = score
+    while held_out.lacks(chosen):
+        why, chosen = held_out.lacks(chosen), FALLBACK[chosen]
+        warn(f"{why}: out-of-distribution score {chosen} instead of {score}")
+    return chosen
+
+
+def fit_calibration(held_out: Predictions, test: Predictions | None, flag_rate: float, score: ScoreName,
+                    warn: Callable[[str], None] = warnings.warn) -> Calibration:
     """The temperature of least NLL on `held_out`, the threshold that flags `flag_rate` of it, and
-    (with test predictions) ECE and NLL before and after and the test flag rate at that threshold."""
-    temperature = cal.fit_temperature(held_out.probabilities, held_out.labels)
-    scores = cal.score(held_out.probabilities, score, temperature)
+    (with test predictions) ECE and NLL before and after and the test flag rate at that threshold.
+    A score that needs what the predictions lack falls back (`usable_score`, and `warn`s)."""
+    score = usable_score(score, held_out, warn)
+    temperature = cal.fit_temperature(held_out.scored, held_out.labels)
+    scores = cal.score(held_out.scored, score, temperature)
     threshold = cal.threshold_for_flag_rate(scores, flag_rate)
     measured = measure(test, temperature, score, threshold) if test is not None and len(test.labels) else None
     return Calibration(temperature=temperature, score=score, threshold=threshold, flag_rate=flag_rate,
@@ -51,13 +91,13 @@ def fit_calibration(held_out: Predictions, test: Predictions | None, flag_rate: 
 
 def measure(test: Predictions, temperature: float, score: ScoreName, threshold: float) -> CalibrationTest:
     """How calibrated the test predictions are before and after the temperature, and how many are flagged."""
-    after = cal.calibrate(test.probabilities, temperature)
+    before, after = test.probabilities, cal.calibrated(test.scored, temperature)
     return CalibrationTest(
-        ece_before=cal.expected_calibration_error(test.probabilities, test.labels),
+        ece_before=cal.expected_calibration_error(before, test.labels),
         ece_after=cal.expected_calibration_error(after, test.labels),
-        nll_before=cal.negative_log_likelihood(test.probabilities, test.labels),
+        nll_before=cal.negative_log_likelihood(before, test.labels),
         nll_after=cal.negative_log_likelihood(after, test.labels),
-        flag_rate=cal.flag_rate(cal.score(test.probabilities, score, temperature), threshold),
+        flag_rate=cal.flag_rate(cal.score(test.scored, score, temperature), threshold),
         size=len(test.labels),
     )
 
@@ -80,7 +120,7 @@ def plot_reliability(predictions: Predictions, temperature: float, path: Path, t
     with how many images fall in each bin."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     edges = np.linspace(0, 1, cal.ECE_BINS + 1)
-    after = cal.calibrate(predictions.probabilities, temperature)
+    after = cal.calibrated(predictions.scored, temperature)
     for ax, probabilities, name in ((axes[0], predictions.probabilities, "before"),
                                     (axes[1], after, f"after (temperature {temperature:.3f})")):
         _, accuracy, counts = cal.confidence_bins(probabilities, predictions.labels)
@@ -109,11 +149,12 @@ def reliability_plot(folder: Path, calibration: Calibration, test: Predictions |
     return path
 
 
-def calibrate_import(probabilities: np.ndarray, labels: np.ndarray, flag_rate: float, score: ScoreName,
-                     folder: Path, title: str) -> tuple[Calibration, Path]:
+def calibrate_import(predictions: Predictions, flag_rate: float, score: ScoreName, folder: Path, title: str,
+                     warn: Callable[[str], None] = warnings.warn) -> tuple[Calibration, Path]:
     """An imported model's calibration: fitted on one half of the test images, measured on the other."""
-    fit_part, measure_part = split_for_import(labels)
-    held_out = Predictions(probabilities[fit_part], labels[fit_part])
-    test = Predictions(probabilities[measure_part], labels[measure_part])
-    fitted = fit_calibration(held_out, test, flag_rate, score)
+    fit_part, measure_part = split_for_import(predictions.labels)
+    held_out, test = (Predictions(predictions.probabilities[part], predictions.labels[part],
+                                  None if predictions.outputs is None else predictions.outputs[part])
+                      for part in (fit_part, measure_part))
+    fitted = fit_calibration(held_out, test, flag_rate, score, warn)
     return fitted, reliability_plot(folder, fitted, test, held_out, title)

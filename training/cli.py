@@ -83,7 +83,7 @@ DistributeFlag = Annotated[Strategy, typer.Option(help="tf.distribute strategy; 
 MixedPrecisionFlag = Annotated[Optional[bool], typer.Option("--mixed-precision/--no-mixed-precision", help=f"Mixed precision (default: on with a GPU; bfloat16 for {h.bf16_recipes()} on a CPU that computes it natively).")]
 NoCacheFlag = Annotated[bool, typer.Option("--no-cache", help="Decode --data again, without reading or writing the decoded-data cache (~/.cache/cifar-serve, or $CIFAR_SERVE_CACHE).")]
 OodFlagRateFlag = Annotated[float, typer.Option(help="Share of in-distribution validation images the stored out-of-distribution threshold flags (docs/calibration.md).")]
-OodScoreFlag = Annotated[Score, typer.Option(help="The out-of-distribution score stored in the card, computed from the output probabilities and the temperature (docs/calibration.md compares them).")]
+OodScoreFlag = Annotated[Score, typer.Option(help="The out-of-distribution score stored in the card, computed from the logits (the temperature for the probability scores; docs/calibration.md compares them).")]
 VerboseFlag = Annotated[bool, typer.Option("--verbose", help="Also show TensorFlow's own start-up log (CUDA probe, oneDNN notes).")]
 
 

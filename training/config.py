@@ -16,9 +16,10 @@ Distribute = Literal["none", "mirrored", "multi-worker"]
 KERAS_DEFAULT_LR: dict[str, float] = {"adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-3, "adamw": 1e-3}
 KERAS_ADAMW_WEIGHT_DECAY = 0.004
 # The out-of-distribution score stored in new cards, and the share of in-distribution validation images its
-# threshold flags. energy had the highest AUROC of the four scores against every set for fast
-# (benchmarks/ood.py; docs/calibration.md).
-OOD_SCORE: ScoreName = "energy"
+# threshold flags. feature_norm had the highest AUROC of the six scores against every set for fast
+# (benchmarks/ood.py; docs/calibration.md); a network without penultimate features or logits falls back
+# (training.calibration.FALLBACK).
+OOD_SCORE: ScoreName = "feature_norm"
 OOD_FLAG_RATE = 0.05
 
 

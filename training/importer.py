@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from contract.card import CIFAR10_CLASSES, INPUT_SCALINGS, Calibration, DataInfo, Metrics, ModelCard, ScoreName
-from contract.predictor import batched, compile_inference, load_network, short_reason
+from contract.predictor import batched, compile_inference, compile_logits, load_network, short_reason
 from training import calibration, model_safety, report, store
 from training.config import OOD_FLAG_RATE, OOD_SCORE
 from training.data import Dataset
@@ -146,7 +146,7 @@ def import_model(
         plots = confusion_plot(evaluation, card, Path(workdir)) if evaluation is not None else []
         if evaluation is not None:
             card.calibration, plot = calibration.calibrate_import(
-                evaluation["probabilities"], data.y_test, *ood, Path(workdir), card.architecture)
+                evaluation["served"], *ood, Path(workdir), card.architecture, warn)
             plots.append(plot)
         labels = {"architecture": "imported", "optimizer": "unknown", "framework": stored.model_format}
         tag = store.save_model(name, stored.file, card, labels, extra_files=plots)
@@ -333,10 +333,12 @@ def probabilities(network: Any, scaling: str, images: np.ndarray, batch_size: in
 
 
 def evaluate(stored: StoredModel, scaling: str, data: Dataset) -> dict[str, Any]:
-    """Test metrics of the stored network (the one the service will run), as the service computes them."""
-    probabilities = batched(compile_inference(stored.network, scaling, False), data.x_test)
-    return {**report.evaluation_report(probabilities, data.y_test, data.class_names), "class_names": data.class_names,
-            "probabilities": probabilities}
+    """Test metrics of the stored network (the one the service will run), as the service computes them,
+    and its served predictions (with its logits and feature norm where they can be found)."""
+    predict, missing = compile_logits(stored.network, scaling, False)
+    served = calibration.Predictions.from_outputs(batched(predict, data.x_test), data.y_test, missing)
+    return {**report.evaluation_report(served.probabilities, data.y_test, data.class_names),
+            "class_names": data.class_names, "served": served}
 
 
 def confusion_plot(evaluation: dict[str, Any], card: ModelCard, workdir: Path) -> list[Path]:

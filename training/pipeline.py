@@ -218,7 +218,8 @@ def run_calibrate(tag: str, data: str, flag_rate: float, score: ScoreName, trust
 
     console.print(f"calibrating {tag} on {data} ...")
     try:
-        new_tag, calibration = recalibrate(tag, data, flag_rate, score, trust_model_code)
+        new_tag, calibration = recalibrate(tag, data, flag_rate, score, trust_model_code,
+                                           warn=lambda message: console.print(f"[yellow]warning: {escape(message)}[/]"))
     except NotFound:
         raise UserError(f"no model {tag} in the model store") from None
     except (UntrustedModel, DataError) as error:

@@ -9,7 +9,10 @@ training data is unknown, is calibrated on half of the test images, as `train-ci
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from contract.card import SCHEMA_VERSION, Calibration, ModelCard, ScoreName
 from contract.predictor import Predictor, batched, load_predictor
@@ -26,24 +29,27 @@ def held_out_and_test(predictor: Predictor, data: str) -> tuple[Dataset, bool]:
     return load_dataset(data, 0.0, 0, None, cache=True), False
 
 
-def recalibrate(tag: str, data: str, flag_rate: float, score: ScoreName,
-                trust_model_code: bool = False) -> tuple[str, Calibration]:
+def recalibrate(tag: str, data: str, flag_rate: float, score: ScoreName, trust_model_code: bool = False,
+                warn: Callable[[str], None] = print) -> tuple[str, Calibration]:
     """Fit the calibration of the stored model `tag` again and store it as a new version; returns the new tag."""
     predictor = load_predictor(tag, trust_model_code=trust_model_code)
     dataset, trained_here = held_out_and_test(predictor, data)
-    test_probabilities = batched(predictor.predict, dataset.x_test)
+    test = served(predictor, dataset.x_test, dataset.y_test)
     title = f"{predictor.card.architecture} ({predictor.tag})"
     with tempfile.TemporaryDirectory(prefix="cifar-calibrate-") as workdir:
         if trained_here:
-            held_out = calibration.Predictions(batched(predictor.predict, dataset.x_val), dataset.y_val)
-            test = calibration.Predictions(test_probabilities, dataset.y_test)
-            fitted = calibration.fit_calibration(held_out, test, flag_rate, score)
+            held_out = served(predictor, dataset.x_val, dataset.y_val)
+            fitted = calibration.fit_calibration(held_out, test, flag_rate, score, warn)
             plot = calibration.reliability_plot(Path(workdir), fitted, test, held_out, title)
         else:
-            fitted, plot = calibration.calibrate_import(test_probabilities, dataset.y_test, flag_rate, score,
-                                                        Path(workdir), title)
+            fitted, plot = calibration.calibrate_import(test, flag_rate, score, Path(workdir), title, warn)
         new_tag = store_again(predictor, predictor.card.model_copy(update={"calibration": fitted, "schema_version": SCHEMA_VERSION}), plot)
     return new_tag, fitted
+
+
+def served(predictor: Predictor, images: np.ndarray, labels: np.ndarray) -> calibration.Predictions:
+    """The predictor's outputs (logits, feature norm) of these images, as the service computes them."""
+    return calibration.Predictions.from_outputs(batched(predictor.logits, images), labels, predictor.logits_missing)
 
 
 def store_again(predictor: Predictor, card: ModelCard, reliability: Path) -> str:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import tensorflow as tf
 from rich.console import Console
 
 from contract.card import RELIABILITY_PLOT, Calibration, DataInfo, Metrics, ModelCard
-from contract.predictor import Predict, batched, compile_inference
+from contract.predictor import batched, compile_inference, compile_logits
 from training import calibration, cpu_info, cpu_kernels, models, report, scale, store
 from training.callbacks import CHECKPOINT_FILE, RunCheckpoint, build_callbacks, read_resume_state
 from training.config import TrainConfig
@@ -27,6 +28,9 @@ from training.models import TTA_DESCRIPTION
 from training.optimizers import build_optimizer, optimizer_summary
 from training.progress import RichProgress
 from training.runs import RunError
+
+# images and labels -> the served predictions (logits, probabilities), as `serving_forward` compiles them
+Serve = Callable[[np.ndarray, np.ndarray], calibration.Predictions]
 
 REPORT_FILE = "report.json"
 HISTORY_FILE = "history.json"
@@ -89,7 +93,7 @@ class Evaluation:
     metrics: dict[str, Any]
     per_class: dict[str, dict[str, float]]
     confusion_matrix: list[list[int]]
-    test: calibration.Predictions  # the served probabilities of the test images
+    test: calibration.Predictions  # the served predictions of the test images
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,9 @@ def train(config: TrainConfig, data: Dataset, run_dir: Path, console: Console,
     save_final_model(run, fitted)
     if not runtime.chief:
         return None
-    predict = serving_forward(run, fitted)
-    evaluation = evaluate(run, fitted, predict)
-    calibrated = calibrate(run, predict, evaluation)
+    serve = serving_forward(run, fitted)
+    evaluation = evaluate(run, fitted, serve)
+    calibrated = calibrate(run, serve, evaluation)
     write_outputs(run, fitted, evaluation, runtime, calibrated)
     tag = store_model(run, fitted, evaluation, runtime, calibrated)
     return RunResult(config, run_dir, tag, evaluation.metrics, fitted.parameters, fitted.history,
@@ -269,21 +273,23 @@ def save_final_model(run: Run, fitted: Fitted) -> None:
     fitted.model.save(run.run_dir / MODEL_FILE)
 
 
-def serving_forward(run: Run, fitted: Fitted) -> Predict:
-    """The compiled inference function the service will run: with test-time augmentation where the recipe augments."""
+def serving_forward(run: Run, fitted: Fitted) -> Serve:
+    """The compiled inference function the service will run (contract.predictor's `compile_logits`), with
+    test-time augmentation where the recipe augments: images and labels -> the served predictions."""
     tta = run.config.recipe.augments
-    return compile_inference(fitted.model, "uint8", flip_tta=tta, translate_tta=tta)
+    predict, missing = compile_logits(fitted.model, "uint8", flip_tta=tta, translate_tta=tta)
+    return lambda images, labels: calibration.Predictions.from_outputs(batched(predict, images), labels, missing)
 
 
-def evaluate(run: Run, fitted: Fitted, predict: Predict) -> Evaluation:
-    """Test metrics through the same compiled inference function the service uses.
+def evaluate(run: Run, fitted: Fitted, serve: Serve) -> Evaluation:
+    """Test metrics through the same compiled inference function the service uses (`serving_forward`).
 
     Train accuracy, and with test-time augmentation a second test accuracy, use one view per image.
     """
     data, tta = run.data, run.config.recipe.augments
-    single_view = compile_inference(fitted.model, "uint8", flip_tta=False) if tta else predict
-    test_probabilities = batched(predict, data.x_test)
-    test = report.evaluation_report(test_probabilities, data.y_test, data.class_names)
+    single_view = compile_inference(fitted.model, "uint8", flip_tta=False)  # probabilities
+    served = serve(data.x_test, data.y_test)
+    test = report.evaluation_report(served.probabilities, data.y_test, data.class_names)
     train_probabilities = batched(single_view, data.x_train)
     val_accuracy = fitted.history.get("val_accuracy", [])
     metrics = {
@@ -296,11 +302,11 @@ def evaluate(run: Run, fitted: Fitted, predict: Predict) -> Evaluation:
     }
     if tta:
         metrics["test_accuracy_single_view"] = report.accuracy(batched(single_view, data.x_test), data.y_test)
-    return Evaluation(metrics, test["per_class"], test["confusion_matrix"],
-                      calibration.Predictions(test_probabilities, data.y_test))
+    return Evaluation(metrics, test["per_class"], test["confusion_matrix"], served)
 
 
-def calibrate(run: Run, predict: Predict, evaluation: Evaluation) -> calibration.Fitted | None:
+def calibrate(run: Run, serve: Serve,
+              evaluation: Evaluation) -> calibration.Fitted | None:
     """The temperature and out-of-distribution threshold on the validation split (timed with its forward
     pass); a run without one is stored uncalibrated, and says so."""
     data, config = run.data, run.config
@@ -309,8 +315,9 @@ def calibrate(run: Run, predict: Predict, evaluation: Evaluation) -> calibration
                           "out-of-distribution threshold); --validation-split 0.1 calibrates it[/]")
         return None
     started = time.perf_counter()
-    held_out = calibration.Predictions(batched(predict, data.x_val), data.y_val)
-    fitted = calibration.fit_calibration(held_out, evaluation.test, config.ood_flag_rate, config.ood_score)
+    held_out = serve(data.x_val, data.y_val)
+    fitted = calibration.fit_calibration(held_out, evaluation.test, config.ood_flag_rate, config.ood_score,
+                                         lambda text: run.console.print(f"[yellow]warning: {text}[/]"))
     calibration.reliability_plot(run.run_dir, fitted, evaluation.test, held_out, f"{config.model} / {config.optimizer}")
     return calibration.Fitted(fitted, time.perf_counter() - started)
 

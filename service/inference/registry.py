@@ -20,7 +20,7 @@ from contract.calibration import Calibrated
 from contract.card import ModelCard
 from contract.predictor import Predictor, UntrustedModel, load_predictor, short_reason
 from service.inference.batching import MicroBatcher
-from service.inference.calibrated import calibrated_predict, unpacked
+from contract.calibration import calibrated_predict, unpacked
 from service.errors import ModelError
 
 logger = logging.getLogger("bentoml.service.cifar10")
@@ -30,7 +30,7 @@ CLOSE_OLD_AFTER_S = 30.0  # longest drain of a replaced version's queue
 @dataclass
 class ServedModel:
     predictor: Predictor
-    batcher: MicroBatcher  # runs the forward pass with the card's calibration (service.inference.calibrated)
+    batcher: MicroBatcher  # runs the forward pass with the card's calibration (contract.calibration)
     ood_threshold: float | None = None  # CIFAR10_OOD_THRESHOLD: overrides the card's threshold
 
     @property
@@ -86,7 +86,7 @@ class ModelRegistry:
         """Load a store entry (its `entry` and card if already read), trace and warm it at every batch
         size, give it a batcher that also applies the card's calibration (blocking)."""
         predictor = load_predictor(tag, self.trust_model_code, entry)
-        predict = calibrated_predict(predictor.predict, predictor.card.calibration, self.ood_threshold)
+        predict = calibrated_predict(predictor.logits, predictor.card.calibration, self.ood_threshold)
         for size in range(1, self.max_batch_size + 1):  # no real request pays for tracing
             predict(np.zeros((size, 32, 32, 3), dtype=np.uint8))
         batcher = MicroBatcher(predict, self.max_batch_size, self.max_latency_ms, self.observe_batch)
