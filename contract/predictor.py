@@ -153,8 +153,8 @@ def tta_forward(network: Any, input_scaling: str, flip_tta: bool, translate_tta:
 
 def tta_logits_forward(network: Any, input_scaling: str, flip_tta: bool,
                        translate_tta: bool) -> tuple[Callable[[Any], Any], str]:
-    """uint8 images -> (n, k + 1): the logits z and the penultimate features' L2 norm (`OUTPUTS_DTYPE`'s
-    layout), and why not ("" when both are found).
+    """uint8 images -> (n, k + 1): the logits z and the penultimate features' L2 norm (the layout of
+    contract.calibration's `outputs_dtype`), and why the logits are log p ("" when they are the network's).
 
     With test-time augmentation z = log(mean of the views' softmax) + mean of the views' logsumexp(logits)
     and the norm is the views' mean: softmax(z) is `tta_forward`'s probabilities, logsumexp(z) (the
@@ -173,7 +173,9 @@ def tta_logits_forward(network: Any, input_scaling: str, flip_tta: bool,
         features, z = head(view)
         if features is None:
             return ops.cast(z, "float32"), ops.full_like(ops.cast(z[:, :1], "float32"), float("nan"))
-        features = ops.reshape(ops.cast(features, "float32"), (ops.shape(features)[0], -1))
+        features = ops.cast(features, "float32")
+        if len(features.shape) > 2:  # a Dense layer on feature maps
+            features = ops.reshape(features, (ops.shape(features)[0], -1))
         return ops.cast(z, "float32"), ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True))
 
     def forward(images: Any) -> Any:
