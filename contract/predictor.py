@@ -240,7 +240,8 @@ def jax_predict(forward: Callable[[Any], Any]) -> Predict:
 
 
 def batched(predict: Predict, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Probabilities for any number of images, in fixed-size model calls."""
+    """A compiled forward pass (probabilities, or `compile_logits` rows) over any number of images, in
+    fixed-size model calls."""
     return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 

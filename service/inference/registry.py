@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.calibration import Calibrated
+from contract.calibration import Calibrated, calibrated_predict, unpacked
 from contract.card import ModelCard
 from contract.predictor import Predictor, UntrustedModel, load_predictor, short_reason
 from service.inference.batching import MicroBatcher
-from contract.calibration import calibrated_predict, unpacked
 from service.errors import ModelError
 
 logger = logging.getLogger("bentoml.service.cifar10")
