@@ -166,16 +166,27 @@ def calibrate_command(
     run_calibrate(model, data, rate, ood_score.value, trust_model_code, verbose)
 
 
+def exit_code_of(error: BaseException | None, returned: object) -> tuple[int, str]:
+    """The exit code and stderr message of a finished command: usage and user errors 2, Ctrl-C 130."""
+    if isinstance(error, UsageError):
+        return 2, f"train-cifar: error: {error.format_message()}\n"
+    if isinstance(error, UserError):
+        return 2, f"train-cifar: error: {error}\n"
+    if isinstance(error, typer.Abort):
+        return 130, ""
+    if error is not None:
+        raise error
+    return (returned if isinstance(returned, int) else 0), ""
+
+
 def main() -> None:
     """Entry point: usage and user errors become one line on stderr and exit code 2."""
+    error: BaseException | None = None
+    returned: object = None
     try:
-        code = app(standalone_mode=False)
-    except UsageError as error:
-        print(f"train-cifar: error: {error.format_message()}", file=sys.stderr)
-        sys.exit(2)
-    except UserError as error:
-        print(f"train-cifar: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        returned = app(standalone_mode=False)
+    except (UsageError, UserError, typer.Abort) as caught:
+        error = caught
+    code, message = exit_code_of(error, returned)
+    print(message, end="", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,68 @@
+"""`train-cifar` in the test process: Typer's CliRunner against `training.cli.app`, with the BentoML model store
+switched to a test's own BENTOML_HOME for the call.
+
+Each subprocess that imports TensorFlow and Keras spends 4-4.5 s of CPU before it does anything; the cases that
+test what `train-cifar` does (not how a process starts, stops or talks to TensorFlow's C++ log) run here instead.
+Keep a subprocess for: signals and exit codes of the real entry point, stderr written by C++ (file descriptor 2),
+environment read before TensorFlow loads (CPU speed-ups, logical devices), and multi-worker clusters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bentoml._internal.configuration.containers import BentoMLContainer
+from typer.testing import CliRunner
+
+
+@contextlib.contextmanager
+def bentoml_home(home: Path) -> Iterator[None]:
+    """BentoML's stores under `home` for the block (what BENTOML_HOME does for a new process), then back."""
+    previous = BentoMLContainer.bentoml_home.get()
+    saved_env = os.environ.get("BENTOML_HOME")
+    home.mkdir(parents=True, exist_ok=True)
+    _point_stores_at(str(home))
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        _point_stores_at(previous)
+        if saved_env is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = saved_env
+
+
+def _point_stores_at(home: str) -> None:
+    BentoMLContainer.bentoml_home.set(home)
+    BentoMLContainer.model_store.reset()
+    BentoMLContainer.bento_store.reset()
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a `train-cifar` call left: its exit code, and stdout and stderr apart."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def train_cifar(*args: str, home: Path) -> Run:
+    """`train-cifar ARGS` with its model store at `home`, exit code and messages as `training.cli.main` gives them."""
+    import keras
+
+    from training.cli import app, exit_code_of
+
+    runner = CliRunner()
+    with bentoml_home(home):
+        result = runner.invoke(app, list(args), standalone_mode=False, terminal_width=200)
+    keras.backend.clear_session()
+    if isinstance(result.exception, SystemExit):  # the command called sys.exit itself
+        return Run(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+    code, message = exit_code_of(result.exception, result.return_value)
+    return Run(returncode=code, stdout=result.stdout, stderr=result.stderr + message)
