@@ -206,6 +206,25 @@ def test_plots_mark_their_points_so_a_one_epoch_run_shows() -> None:
         plt.close(figure)
 
 
+
+def test_a_learning_rate_that_ends_at_zero_plots_without_a_warning() -> None:
+    import io
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from training import report
+
+    one_epoch = {"loss": [2.1], "accuracy": [0.2], "learning_rate": [0.0]}  # the fast recipe's schedule ends at 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = report.curves_figure(one_epoch, "one epoch")
+        figure.savefig(io.BytesIO(), format="png")
+    assert figure.axes[2].get_yscale() == "linear"
+    two_epochs = {"loss": [2.1, 2.0], "accuracy": [0.2, 0.3], "learning_rate": [1e-3, 0.0]}
+    assert report.curves_figure(two_epochs, "two").axes[2].get_yscale() == "log"
+    plt.close("all")
+
 # --- the command ----------------------------------------------------------------------------------
 
 

@@ -64,8 +64,10 @@ def curves_figure(history: dict[str, list[float]], title: str) -> Figure:
         ax.set_title(metric)
         ax.legend()
         ax.grid(alpha=0.3)
-    axes[2].plot(epochs, history.get("learning_rate", []), color="tab:green", **POINT)
-    axes[2].set_yscale("log")
+    rates = history.get("learning_rate", [])
+    axes[2].plot(epochs, rates, color="tab:green", **POINT)
+    if any(rate > 0 for rate in rates):  # a one-epoch `fast` run logs only its schedule's final 0: no log scale
+        axes[2].set_yscale("log")
     axes[2].set_xlabel("epoch")
     axes[2].set_title("learning rate")
     axes[2].grid(alpha=0.3)
