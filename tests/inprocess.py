@@ -38,9 +38,18 @@ def bentoml_home(home: Path) -> Iterator[None]:
 
 
 def _point_stores_at(home: str) -> None:
+    """The home, its store folders and the stores themselves: each is derived from the home once and memorised
+    (a provider's reset() drops only a value set on it, not the memorised one), so each is set here."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.models import ModelStore
+
     BentoMLContainer.bentoml_home.set(home)
-    BentoMLContainer.model_store.reset()
-    BentoMLContainer.bento_store.reset()
+    folders = {"model_store_dir": "models", "bento_store_dir": "bentos", "tmp_bento_store_dir": "tmp",
+               "env_store_dir": "envs"}
+    for provider, folder in folders.items():
+        getattr(BentoMLContainer, provider).set(os.path.join(home, folder))
+    BentoMLContainer.model_store.set(ModelStore(os.path.join(home, "models")))
+    BentoMLContainer.bento_store.set(BentoStore(os.path.join(home, "bentos")))
 
 
 @dataclass(frozen=True)
