@@ -75,3 +75,31 @@ def train_cifar(*args: str, home: Path) -> Run:
         return Run(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
     code, message = exit_code_of(result.exception, result.return_value)
     return Run(returncode=code, stdout=result.stdout, stderr=result.stderr + message)
+
+
+@contextlib.contextmanager
+def kept_process_state() -> Iterator[None]:
+    """What an in-process `train-cifar` or training may change for the rest of the session, put back after the
+    block: os.environ, the Keras dtype policy, and the random seeds (Python, NumPy, Keras, TensorFlow)."""
+    import random
+
+    import keras
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
+
+    seeds = ("global_random_seed", "global_seed_generator")
+    saved = (dict(os.environ), keras.mixed_precision.global_policy(), random.getstate(), np.random.get_state(),
+             [global_state.get_global_attribute(name) for name in seeds], context.global_seed())
+    try:
+        yield
+    finally:
+        environ, policy, python_state, numpy_state, keras_seeds, tf_seed = saved
+        os.environ.clear()
+        os.environ.update(environ)
+        keras.mixed_precision.set_global_policy(policy)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for name, value in zip(seeds, keras_seeds):
+            global_state.set_global_attribute(name, value)
+        context.set_global_seed(tf_seed)
