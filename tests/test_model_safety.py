@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,8 +191,10 @@ def import_model(home: Path, workdir: Path, model: Path, *flags: str, tmpdir: Pa
     """`train-cifar import MODEL --data <fixture> FLAGS` in this process, in `workdir`, storing into `home`, its
     temporary folders in `tmpdir` when given. Reusable."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with contextlib.chdir(workdir), temporary_folders_in(tmpdir):
-        return train_cifar("import", str(model), "--data", str(DATA), *flags, home=home)
+    with contextlib.chdir(workdir), temporary_folders_in(tmpdir), warnings.catch_warnings(record=True) as caught:
+        run = train_cifar("import", str(model), "--data", str(DATA), *flags, home=home)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return Run(run.returncode, run.stdout, run.stderr + shown)  # on stderr, as a process shows its warnings
 
 
 @contextlib.contextmanager
