@@ -95,8 +95,9 @@ def kept_process_state() -> Iterator[None]:
         yield
     finally:
         environ, policy, python_state, numpy_state, keras_seeds, tf_seed = saved
-        os.environ.clear()
-        os.environ.update(environ)
+        for key in set(os.environ) - set(environ):  # only what changed: TensorFlow's threads read it too
+            del os.environ[key]
+        os.environ.update({key: value for key, value in environ.items() if os.environ.get(key) != value})
         keras.mixed_precision.set_global_policy(policy)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
