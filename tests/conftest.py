@@ -124,21 +124,6 @@ def store_tiny_model(home: str, workdir: str, name: str, seed: int) -> tuple[str
     return save_model(name, path, card, labels={"architecture": "tiny_cnn", "optimizer": "adam"}), path, card
 
 
-def train_and_store(home: Path, name: str, seed: int) -> str:
-    """`store_tiny_model` in a subprocess (bentoml reads BENTOML_HOME once, at import); returns the tag."""
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[4]); import conftest; "
-        "print('TAG=' + conftest.store_tiny_model(sys.argv[1], sys.argv[1], sys.argv[2], int(sys.argv[3]))[0])"
-    )
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(home), name, str(seed), str(Path(__file__).parent)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return next(line[4:] for line in result.stdout.splitlines() if line.startswith("TAG="))
-
-
 def store_unversioned_entry(path: Path, card: "ModelCard") -> str:  # noqa: F821
     """An entry as the code before the model card wrote it: no schema_version, no trusted_code, plots or
     calibration, framework versions as written then, and what it wrote for optional parts."""

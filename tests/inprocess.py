@@ -38,9 +38,18 @@ def bentoml_home(home: Path) -> Iterator[None]:
 
 
 def _point_stores_at(home: str) -> None:
+    """The home, its store folders and the stores themselves: each is derived from the home once and memorised
+    (a provider's reset() drops only a value set on it, not the memorised one), so each is set here."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.models import ModelStore
+
     BentoMLContainer.bentoml_home.set(home)
-    BentoMLContainer.model_store.reset()
-    BentoMLContainer.bento_store.reset()
+    folders = {"model_store_dir": "models", "bento_store_dir": "bentos", "tmp_bento_store_dir": "tmp",
+               "env_store_dir": "envs"}
+    for provider, folder in folders.items():
+        getattr(BentoMLContainer, provider).set(os.path.join(home, folder))
+    BentoMLContainer.model_store.set(ModelStore(os.path.join(home, "models")))
+    BentoMLContainer.bento_store.set(BentoStore(os.path.join(home, "bentos")))
 
 
 @dataclass(frozen=True)
@@ -66,3 +75,32 @@ def train_cifar(*args: str, home: Path) -> Run:
         return Run(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
     code, message = exit_code_of(result.exception, result.return_value)
     return Run(returncode=code, stdout=result.stdout, stderr=result.stderr + message)
+
+
+@contextlib.contextmanager
+def kept_process_state() -> Iterator[None]:
+    """What an in-process `train-cifar` or training may change for the rest of the session, put back after the
+    block: os.environ, the Keras dtype policy, and the random seeds (Python, NumPy, Keras, TensorFlow)."""
+    import random
+
+    import keras
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
+
+    seeds = ("global_random_seed", "global_seed_generator")
+    saved = (dict(os.environ), keras.mixed_precision.global_policy(), random.getstate(), np.random.get_state(),
+             [global_state.get_global_attribute(name) for name in seeds], context.global_seed())
+    try:
+        yield
+    finally:
+        environ, policy, python_state, numpy_state, keras_seeds, tf_seed = saved
+        for key in set(os.environ) - set(environ):  # only what changed: TensorFlow's threads read it too
+            del os.environ[key]
+        os.environ.update({key: value for key, value in environ.items() if os.environ.get(key) != value})
+        keras.mixed_precision.set_global_policy(policy)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for name, value in zip(seeds, keras_seeds):
+            global_state.set_global_attribute(name, value)
+        context.set_global_seed(tf_seed)

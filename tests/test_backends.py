@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT, ModelStore, start_server
+from inprocess import bentoml_home
 
 pytestmark = pytest.mark.timeout(300)
 
+# Keras picks its backend once per process: the TensorFlow one is this process's, the JAX one a process's own.
 PREDICT = """
 import json, sys
 import numpy as np
@@ -27,6 +29,7 @@ print("OUT " + json.dumps({"backend": keras.backend.backend(), "p": predictor.pr
 
 
 def predictions(store: ModelStore, backend: str) -> tuple[str, np.ndarray]:
+    """The stored model's probabilities for PREDICT's images, in a process with KERAS_BACKEND=`backend`."""
     result = subprocess.run([sys.executable, "-c", PREDICT, store.tag], cwd=PROJECT_ROOT,
                             env=store.env(KERAS_BACKEND=backend), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,9 +37,20 @@ def predictions(store: ModelStore, backend: str) -> tuple[str, np.ndarray]:
     return out["backend"], np.array(out["p"])
 
 
+def predictions_here(store: ModelStore) -> tuple[str, np.ndarray]:
+    """PREDICT in this process, under its backend."""
+    import keras
+
+    from contract.predictor import load_predictor
+
+    images = np.random.default_rng(11).integers(0, 256, (37, 32, 32, 3), dtype=np.uint8)
+    with bentoml_home(store.home):
+        return keras.backend.backend(), load_predictor(store.tag).predict(images)
+
+
 def test_both_backends_agree(cifar_model_store: ModelStore) -> None:
     """The same stored model, test-time augmentation included, 37 images (an odd batch: JAX pads it)."""
-    backend_tf, on_tf = predictions(cifar_model_store, "tensorflow")
+    backend_tf, on_tf = predictions_here(cifar_model_store)
     backend_jax, on_jax = predictions(cifar_model_store, "jax")
     assert (backend_tf, backend_jax) == ("tensorflow", "jax")
     assert on_tf.shape == on_jax.shape == (37, 10)

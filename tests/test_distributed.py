@@ -1,5 +1,10 @@
 """--distribute multi-worker with real processes on loopback: one stored model, --resume, and bad clusters
-that end in a one-line error within a bounded time."""
+that end in a one-line error within a bounded time.
+
+Every cluster, and every worker that waits for peers, is a process of its own (a cluster forms once per
+process, and the guard against a cluster that never forms kills its process). A TF_CONFIG refused before any
+peer is awaited runs `train-cifar` in this process (tests/inprocess.py), and so does reading the store.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from inprocess import bentoml_home, kept_process_state, train_cifar
 
 from training.cluster import ClusterError, read_cluster_role
 
@@ -91,11 +97,12 @@ def read_back(file: IO[str]) -> str:
         return file.read()
 
 
-def bentoml(*args: str, env: dict[str, str]) -> object:
-    shown = subprocess.run([sys.executable, "-m", "bentoml", "models", *args, "-o", "json"], env=env,
-                           capture_output=True, text=True)
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout or "[]")
+def stored_cards(home: Path) -> dict[str, dict]:
+    """Each entry of the model store at `home`: its tag and its metadata (the model card)."""
+    import bentoml
+
+    with bentoml_home(home):
+        return {str(model.tag): dict(model.info.metadata) for model in bentoml.models.list()}
 
 
 def worker_folders(pid: int) -> list[Path]:
@@ -154,7 +161,7 @@ def test_a_killed_cluster_resumes_from_the_chiefs_checkpoint(tmp_path: Path, env
         worker.wait()
     done = json.loads((run / "checkpoints" / "state.json").read_text())["epoch"]
     assert done < 3, "the run finished before it was killed"
-    assert not bentoml("list", env=env)
+    assert not stored_cards(tmp_path / "bentoml")
 
     resumed = start_workers(["--resume", str(run)], env)
     (chief_rc, chief_out, chief_err), (other_rc, other_out, other_err) = finish(resumed)
@@ -168,9 +175,9 @@ def test_a_killed_cluster_resumes_from_the_chiefs_checkpoint(tmp_path: Path, env
         EPOCH_LINE.findall(other_out)[-1].split(", elapsed_s")[0]
     assert "saved to the model store as" in chief_out and "saved to the model store" not in other_out
 
-    models = bentoml("list", env=env)
-    assert isinstance(models, list) and len(models) == 1, models  # two processes, one stored model
-    card = bentoml("get", models[0]["tag"], env=env)["metadata"]  # type: ignore[index]
+    models = stored_cards(tmp_path / "bentoml")
+    assert len(models) == 1, models  # two processes, one stored model
+    card = next(iter(models.values()))
     assert card["distribute"] == "multi-worker" and card["workers"] == 2
     assert card["metrics"]["epochs_run"] == 4 and card["run_dir"] == str(run.resolve())
     report = json.loads((run / "report.json").read_text())
@@ -207,14 +214,18 @@ def one_error_line(stderr: str) -> str:
     ids=["missing", "not-json", "no-cluster", "index-out-of-range", "not-this-machine"],
 )
 def test_a_bad_tf_config_is_one_line_and_exit_2(config: str | None, message: str, tmp_path: Path,
-                                                env: dict[str, str]) -> None:
-    env = {key: value for key, value in env.items() if key != "TF_CONFIG"}
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process: each is refused before a peer is awaited or a cluster formed (the last when it binds
+    its own address)."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     if config is not None:
-        env["TF_CONFIG"] = config
+        monkeypatch.setenv("TF_CONFIG", config)
+    monkeypatch.setenv("TRAIN_CIFAR_CLUSTER_TIMEOUT", "180")
+    monkeypatch.setenv("CIFAR_SERVE_CPU_SPEEDUPS", "none")  # TensorFlow's gradients and allocator stay as they are
     started = time.monotonic()
-    result = subprocess.run([*TRAIN_CIFAR, "--data", str(TREE_ARCHIVE), "--distribute", "multi-worker",
-                             "--output", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    with kept_process_state():
+        result = train_cifar("--data", str(TREE_ARCHIVE), "--distribute", "multi-worker", "--output",
+                             str(tmp_path / "run"), home=tmp_path / "bentoml")
     assert result.returncode == 2
     assert message in one_error_line(result.stderr)
     assert time.monotonic() - started < 60

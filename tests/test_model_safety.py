@@ -1,18 +1,24 @@
 """A model file must never run code (issues 15 and 20): legacy imports are scanned, refused or converted.
 
-Every model is built here, in a temporary folder, by a subprocess with tf-keras; nothing is mocked.
-`train-cifar import` runs as a subprocess with its own BENTOML_HOME, its working folder a fresh
-temporary one, so a marker file written by a model's code would show up there.
+Every model is built here, in a temporary folder, by one subprocess with tf-keras; nothing is mocked.
+`train-cifar import` runs in this process (tests/inprocess.py) with its own BENTOML_HOME, working folder and
+temporary folder: a model's code that ran would run here and write its marker file, which the tests look for.
+Two imports stay subprocesses: a file whose weights come from a FIFO would block an import that reads
+them, and only a subprocess can end at its timeout (this process could not). The service's start-up runs in
+a subprocess too (importing service.service declares its models once per process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +26,7 @@ import numpy as np
 import pytest
 from conftest import ModelStore, in_process_answers, service_in_process
 from contract.calibration import calibrate
+from inprocess import Run, bentoml_home, kept_process_state, train_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"
@@ -161,35 +168,6 @@ with h5py.File(out / "not_utf8.h5", "r+") as file:
     file.attrs["model_config"] = np.bytes_(b"\xff\xfe" + file.attrs["model_config"].encode())
 """
 
-# Loads what the store holds the way the service does (no trust), and the original with tf-keras,
-# and compares them on the fixture's test images with the card's input scaling.
-PROBE_SCRIPT = r"""
-import json, sys
-from pathlib import Path
-import numpy as np
-from contract.card import INPUT_SCALINGS
-from contract.predictor import UntrustedModel, load_predictor, read_card
-from training.data import load_dataset
-
-tag, original = sys.argv[1], Path(sys.argv[2])
-card = read_card(tag)[1]
-answer = {"card": card.to_metadata()}
-try:
-    predictor = load_predictor(tag, trust_model_code=False)
-except UntrustedModel as error:
-    answer["untrusted"] = str(error)
-else:
-    import tf_keras
-    images = load_dataset(sys.argv[3], 0.0, 0, None).x_test
-    scale, offset = INPUT_SCALINGS[card.input_scaling]
-    expected = tf_keras.models.load_model(original, compile=False)(images * scale + offset, training=False).numpy()
-    served = predictor.predict(images)
-    answer["max_difference"] = float(np.abs(served - expected).max())
-    answer["same_top_class"] = bool((served.argmax(1) == expected.argmax(1)).all())
-print("PROBE=" + json.dumps(answer))
-"""
-
-
 def quiet_env(home: Path, **extra: str) -> dict[str, str]:
     """A subprocess environment with its own model store and the project importable from any folder."""
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -209,10 +187,33 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not native(line)]
 
 
-def import_model(home: Path, workdir: Path, model: Path, *flags: str,
-                 tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`train-cifar import MODEL --data <fixture> FLAGS` in `workdir`, storing into `home`, with its own
-    TMPDIR when `tmpdir` is given. Reusable."""
+def import_model(home: Path, workdir: Path, model: Path, *flags: str, tmpdir: Path | None = None) -> Run:
+    """`train-cifar import MODEL --data <fixture> FLAGS` in this process, in `workdir`, storing into `home`, its
+    temporary folders in `tmpdir` when given. Reusable."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(workdir), temporary_folders_in(tmpdir), warnings.catch_warnings(record=True) as caught:
+        run = train_cifar("import", str(model), "--data", str(DATA), *flags, home=home)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return Run(run.returncode, run.stdout, run.stderr + shown)  # on stderr, as a process shows its warnings
+
+
+@contextlib.contextmanager
+def temporary_folders_in(folder: Path | None) -> Iterator[None]:
+    """`tempfile`'s folder is `folder` for the block (what TMPDIR does for a new process), then back."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
+def import_in_subprocess(home: Path, workdir: Path, model: Path, *flags: str,
+                         tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`import_model` in a process of its own, which its timeout ends if the import blocks."""
     workdir.mkdir(parents=True, exist_ok=True)
     extra = {}
     if tmpdir is not None:
@@ -228,11 +229,27 @@ def imported_tag(stdout: str) -> str:
 
 
 def probe(home: Path, tag: str, original: Path) -> dict:
-    """The stored card, and how the stored model's predictions compare with the original's. Reusable."""
-    result = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, tag, str(original), str(DATA)], cwd=ROOT,
-                            env=quiet_env(home), capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.split("PROBE=", 1)[1])
+    """The stored card, and how the stored model's predictions (loaded as the service does, no trust) compare
+    with the original's under tf-keras, on the fixture's test images with the card's input scaling. Reusable."""
+    import tf_keras
+
+    from contract.card import INPUT_SCALINGS
+    from contract.predictor import UntrustedModel, load_predictor, read_card
+    from training.data import load_dataset
+
+    with bentoml_home(home):
+        card = read_card(tag)[1]
+        answer: dict = {"card": card.to_metadata()}
+        try:
+            predictor = load_predictor(tag, trust_model_code=False)
+        except UntrustedModel as error:
+            return answer | {"untrusted": str(error)}
+        images = load_dataset(str(DATA), 0.0, 0, None).x_test
+        scale, offset = INPUT_SCALINGS[card.input_scaling]
+        expected = tf_keras.models.load_model(original, compile=False)(images * scale + offset, training=False).numpy()
+        served = predictor.predict(images)
+    return answer | {"max_difference": float(np.abs(served - expected).max()),
+                     "same_top_class": bool((served.argmax(1) == expected.argmax(1)).all())}
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +282,21 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "bentoml"
 
 
+@pytest.fixture(autouse=True)
+def in_process_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What quiet_env gives an import's subprocess, for those in this process; what they change, put back."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("CIFAR10_TRUST_MODEL_CODE", raising=False)
+    with kept_process_state():
+        yield
+
+
 def assert_store_empty(home: Path) -> None:
     """No entry was stored."""
     assert not (home / "models").exists() or not any((home / "models").iterdir())
 
 
-def assert_refused(result: subprocess.CompletedProcess[str], *names: str) -> None:
+def assert_refused(result: Run | subprocess.CompletedProcess[str], *names: str) -> None:
     """Exit 2 with exactly one error line that names what was found."""
     lines = error_lines(result.stderr)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -435,6 +461,9 @@ def test_hostile_savedmodel_is_refused_and_its_ops_never_run(
     assert not markers[1].exists()
 
 
+READ_FROM_A_FIFO = {"external_storage.h5", "virtual_dataset.h5"}  # an import that read them would block
+
+
 @pytest.mark.parametrize(("model", "finding"), [
     ("hidden_savedmodel", "'hidden' saved without a config"),  # case 1: its graph would write the marker
     ("external_storage.h5", "HDF5 external storage for 'model_weights/dense"),  # case 2: reads secret.bin,
@@ -444,7 +473,8 @@ def test_hostile_savedmodel_is_refused_and_its_ops_never_run(
 def test_issue_20_files_are_refused_and_nothing_is_written_or_read(
     model: str, finding: str, built: dict[str, Path], markers: tuple[Path, Path], home: Path, tmp_path: Path
 ) -> None:
-    result = import_model(home, tmp_path / "cwd", built["build"] / model, tmpdir=tmp_path / "tmp")
+    importer = import_in_subprocess if model in READ_FROM_A_FIFO else import_model
+    result = importer(home, tmp_path / "cwd", built["build"] / model, tmpdir=tmp_path / "tmp")
     assert_refused(result, f"{model} holds code: ", finding)
     assert not markers[1].exists()
     assert_store_empty(home)
@@ -542,12 +572,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def expected_probabilities(original: Path, images: np.ndarray) -> np.ndarray:
-    """The legacy model's own probabilities, computed by tf-keras in a subprocess (0-1 scaling)."""
-    code = ("import sys, numpy as np, tf_keras; x = np.load(sys.argv[2]);"
-            "print(tf_keras.models.load_model(sys.argv[1], compile=False)(x / 255.0).numpy().tolist())")
-    stash = original.parent / "probe_images.npy"
-    np.save(stash, images)
-    result = subprocess.run([sys.executable, "-c", code, str(original), str(stash)], capture_output=True,
-                            text=True, env=quiet_env(original.parent / "unused-store"), timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    """The legacy model's own probabilities, computed by tf-keras (0-1 scaling)."""
+    import tf_keras
+
+    return tf_keras.models.load_model(original, compile=False)(images / 255.0).numpy()

@@ -3,6 +3,7 @@
 The servers are the session's (conftest): control_server (two models, model control on) and
 keyed_server (model control, the API key, two workers). The swap and the load on every worker change
 their server for good, so conftest runs them after every other test of the session (SHARED_SERVER_LAST).
+The new versions are trained in this process (the seeds and environment put back after).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typer.testing import CliRunner
 from clients.cli import app
 from clients.client import CIFAR10Client, ServiceError
 from benchmarks.harness import ServerProcess
-from conftest import API_KEY, LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, train_and_store
+from conftest import API_KEY, LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, store_tiny_model
+from inprocess import bentoml_home, kept_process_state
 from service.inference.control import CONTROL_DIR_ENV
 
 pytestmark = pytest.mark.timeout(400)
@@ -29,6 +31,16 @@ pytestmark = pytest.mark.timeout(400)
 CLIENTS = 16
 LOAD_SECONDS = 20.0
 AUTH = {"Authorization": f"Bearer {API_KEY}"}  # keyed_server's key
+
+
+def train_and_store(home: Path, name: str, seed: int) -> str:
+    """conftest.store_tiny_model in this process, into the store at `home`; returns the tag."""
+    import keras
+
+    with bentoml_home(home), kept_process_state():
+        tag = store_tiny_model(str(home), str(home), name, seed)[0]
+    keras.backend.clear_session()
+    return tag
 
 
 def test_two_models_side_by_side(control_server: ServerProcess, cifar_model_store: ModelStore,
