@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bentoml._internal.configuration.containers import BentoMLContainer
 from typer.testing import CliRunner
@@ -21,26 +22,44 @@ from typer.testing import CliRunner
 
 @contextlib.contextmanager
 def bentoml_home(home: Path) -> Iterator[None]:
-    """BentoML's stores under `home` for the block (what BENTOML_HOME does for a new process), then back."""
-    previous = BentoMLContainer.bentoml_home.get()
+    """BentoML's stores under `home` for the block (what BENTOML_HOME does for a new process), then back.
+
+    BentoML keeps the home, its folders and its stores as cached singletons (simple_di): `reset()` drops a value
+    that was `set()`, never the cache, so each of them is patched here, and each patch undone after the block.
+    """
     saved_env = os.environ.get("BENTOML_HOME")
-    home.mkdir(parents=True, exist_ok=True)
-    _point_stores_at(str(home))
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        _point_stores_at(previous)
-        if saved_env is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = saved_env
+    with contextlib.ExitStack() as patches:
+        for provider, value in _stores_under(home):
+            patches.enter_context(provider.patch(value))
+        os.environ["BENTOML_HOME"] = str(home)
+        try:
+            yield
+        finally:
+            if saved_env is None:
+                os.environ.pop("BENTOML_HOME", None)
+            else:
+                os.environ["BENTOML_HOME"] = saved_env
 
 
-def _point_stores_at(home: str) -> None:
-    BentoMLContainer.bentoml_home.set(home)
-    BentoMLContainer.model_store.reset()
-    BentoMLContainer.bento_store.reset()
+def _stores_under(home: Path) -> list[tuple[Any, Any]]:
+    """BentoMLContainer's providers of the home, its folders and stores, with their values for `home`."""
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.models import ModelStore
+
+    folders = {name: home / name for name in ("models", "bentos", "tmp", "envs")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    container = BentoMLContainer
+    return [
+        (container.bentoml_home, str(home)),
+        (container.model_store_dir, str(folders["models"])),
+        (container.bento_store_dir, str(folders["bentos"])),
+        (container.tmp_bento_store_dir, str(folders["tmp"])),
+        (container.env_store_dir, str(folders["envs"])),
+        (container.model_store, ModelStore(str(folders["models"]))),
+        (container.bento_store, BentoStore(str(folders["bentos"]))),
+        (container.tmp_bento_store, BentoStore(str(folders["tmp"]))),
+    ]
 
 
 @dataclass(frozen=True)
