@@ -10,6 +10,7 @@ environment read before TensorFlow loads (CPU speed-ups, logical devices), and m
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,3 +86,71 @@ def train_cifar(*args: str, home: Path) -> Run:
         return Run(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
     code, message = exit_code_of(result.exception, result.return_value)
     return Run(returncode=code, stdout=result.stdout, stderr=result.stderr + message)
+
+
+def stored_models(home: Path) -> list[dict[str, Any]]:
+    """The entries of the model store at `home`, newest first, as `bentoml models list -o json` orders them, each with
+    its tag and module."""
+    import bentoml
+
+    with bentoml_home(home):
+        models = sorted(bentoml.models.list(), key=lambda model: model.info.creation_time, reverse=True)
+        return [{"tag": str(model.tag), "module": model.info.module} for model in models]
+
+
+def stored_model(tag: str, home: Path) -> dict[str, Any]:
+    """One entry of the model store at `home`, read from its files, as `bentoml models get TAG -o json` gives it."""
+    import bentoml
+
+    with bentoml_home(home):
+        return json.loads(json.dumps(bentoml.models.get(tag).info.to_dict(), default=str))
+
+
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """The block may train as `train-cifar` does, and starts as a fresh process would; what a run changes for the
+    whole process is put back after it, so later tests see what they would have seen without it: the environment
+    (the bfc-allocator speed-up sets a variable), Keras' dtype policy, the Python, NumPy and TensorFlow seeds, and
+    TensorFlow's `Conv2D` gradient (the conv-input-gradient speed-up replaces it for the process: TensorFlow's own
+    in the block, whatever an earlier test did, so a run reports the speed-ups it chose itself)."""
+    import random
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    # imported before the snapshot: what the import sets (TF_CPP_MIN_LOG_LEVEL, the console) stays, as in any process
+    import training.cli  # noqa: F401
+
+    environ, policy = dict(os.environ), keras.mixed_precision.global_policy()
+    python_random, numpy_random, tf_seed = random.getstate(), np.random.get_state(), context.global_seed()
+    replaced = _use_tensorflows_conv2d_gradient()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        keras.mixed_precision.set_global_policy(policy)
+        random.setstate(python_random)
+        np.random.set_state(numpy_random)
+        tf.random.set_seed(tf_seed)
+        _use_tensorflows_conv2d_gradient()
+        if replaced:  # as before the block: replaced once, and that remembered
+            from training.cpu_kernels import use_forward_conv_for_input_gradient
+
+            use_forward_conv_for_input_gradient()
+
+
+def _use_tensorflows_conv2d_gradient() -> bool:
+    """Put TensorFlow's own `Conv2D` gradient back (forgetting that `training.cpu_kernels` replaced it); whether it
+    was replaced."""
+    from tensorflow.python.framework import ops
+
+    from training.cpu_kernels import use_forward_conv_for_input_gradient
+
+    gradients = ops._gradient_registry._registry["Conv2D"]
+    replaced = hasattr(gradients["type"], "original")
+    gradients["type"] = getattr(gradients["type"], "original", gradients["type"])
+    use_forward_conv_for_input_gradient.cache_clear()
+    return replaced
