@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from inprocess import bentoml_home, kept_process_state, train_cifar
+from inprocess import bentoml_home, process_state_kept, train_cifar
 
 from training.cluster import ClusterError, read_cluster_role
 
@@ -223,7 +223,7 @@ def test_a_bad_tf_config_is_one_line_and_exit_2(config: str | None, message: str
     monkeypatch.setenv("TRAIN_CIFAR_CLUSTER_TIMEOUT", "180")
     monkeypatch.setenv("CIFAR_SERVE_CPU_SPEEDUPS", "none")  # TensorFlow's gradients and allocator stay as they are
     started = time.monotonic()
-    with kept_process_state():
+    with process_state_kept():
         result = train_cifar("--data", str(TREE_ARCHIVE), "--distribute", "multi-worker", "--output",
                              str(tmp_path / "run"), home=tmp_path / "bentoml")
     assert result.returncode == 2

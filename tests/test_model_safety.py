@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import ModelStore, in_process_answers, service_in_process
 from contract.calibration import calibrate
-from inprocess import Run, bentoml_home, kept_process_state, train_cifar
+from inprocess import Run, bentoml_home, process_state_kept, train_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "images-tiny.tar.gz"
@@ -287,7 +287,7 @@ def in_process_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """What quiet_env gives an import's subprocess, for those in this process; what they change, put back."""
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.delenv("CIFAR10_TRUST_MODEL_CODE", raising=False)
-    with kept_process_state():
+    with process_state_kept():
         yield
 
 

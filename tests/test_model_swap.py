@@ -23,7 +23,7 @@ from clients.cli import app
 from clients.client import CIFAR10Client, ServiceError
 from benchmarks.harness import ServerProcess
 from conftest import API_KEY, LEGACY_MODEL_NAME, MODEL_NAME, ModelStore, store_tiny_model
-from inprocess import bentoml_home, kept_process_state
+from inprocess import bentoml_home, process_state_kept
 from service.inference.control import CONTROL_DIR_ENV
 
 pytestmark = pytest.mark.timeout(400)
@@ -37,7 +37,7 @@ def train_and_store(home: Path, name: str, seed: int) -> str:
     """conftest.store_tiny_model in this process, into the store at `home`; returns the tag."""
     import keras
 
-    with bentoml_home(home), kept_process_state():
+    with bentoml_home(home), process_state_kept():
         tag = store_tiny_model(str(home), str(home), name, seed)[0]
     keras.backend.clear_session()
     return tag

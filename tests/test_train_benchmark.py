@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import inprocess
 import pytest
 
 from training.cpu_info import describe_cpu
@@ -40,13 +41,18 @@ def test_train_benchmark_runs_fast_against_cnn_and_prints_the_ratios(tmp_path: P
     assert (out / "accuracy_vs_time.png").stat().st_size > 5_000
 
 
-def test_train_step_profile_shows_where_a_step_goes(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/train_step.py", "profile", "--recipe", "fast", "--batch-size", "16",
-         "--warmup", "1", "--steps", "2", "--profile-steps", "1", "--output", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_train_step_profile_shows_where_a_step_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`profile` runs in this process (its step is set up as train-cifar sets one up, as a fresh process would:
+    tests/inprocess.py's process_state_kept); `ab`, below, is about fresh processes and starts them."""
+    from benchmarks import train_step
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks/train_step.py", "profile", "--recipe", "fast", "--batch-size",
+                                      "16", "--warmup", "1", "--steps", "2", "--profile-steps", "1",
+                                      "--output", str(tmp_path)])
+    with inprocess.process_state_kept():
+        train_step.main()
+    stdout = capsys.readouterr().out
     profile = json.loads((tmp_path / "profile.json").read_text())
     assert profile["cpu"] == describe_cpu() and profile["step_ms"] > 0
     # (side, in, out, kernel): frozen 2x2 whitening (forward only), the first 3x3 convolution (forward and
@@ -60,7 +66,7 @@ def test_train_step_profile_shows_where_a_step_goes(tmp_path: Path) -> None:
     assert {"convolution", "batch norm", "activation", "pooling", "augmentation"} <= set(parts)
     assert max(parts, key=parts.get) == "convolution"
     assert "_MklNativeConv2DBackpropFilter" in profile["ms_per_op_type"] or "Conv2DBackpropFilter" in profile["ms_per_op_type"]
-    assert "op time per step, profiled" in result.stdout and (tmp_path / "profile.png").stat().st_size > 5_000
+    assert "op time per step, profiled" in stdout and (tmp_path / "profile.png").stat().st_size > 5_000
 
 
 def test_train_step_ab_alternates_fresh_processes(tmp_path: Path) -> None:

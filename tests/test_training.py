@@ -10,10 +10,13 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import inprocess
 import numpy as np
 import pytest
+from inprocess import stored_model, stored_models, train_cifar
 
 from training import cpu_info
 from training.data import DataError, load_dataset
@@ -42,24 +45,14 @@ def store_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def train_cifar(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TRAIN_CIFAR, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def stored_models(env: dict[str, str]) -> list[dict]:
-    listing = subprocess.run(
-        [sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], env=env, capture_output=True, text=True
-    )
-    assert listing.returncode == 0, listing.stderr
-    return json.loads(listing.stdout or "[]")
-
-
-def stored_model(tag: str, env: dict[str, str]) -> dict:
-    shown = subprocess.run(
-        [sys.executable, "-m", "bentoml", "models", "get", tag, "-o", "json"], env=env, capture_output=True, text=True
-    )
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
+@pytest.fixture()
+def home(tmp_path: Path) -> Iterator[Path]:
+    """The model store for `train-cifar` run in this process (`train_cifar`, tests/inprocess.py), where `store_env`
+    puts a subprocess's; the process's state as it was, after the test. What the command does is tested in this
+    process; how a process starts, stops or talks to TensorFlow's C++ log, with `TRAIN_CIFAR` in a subprocess."""
+    with inprocess.process_state_kept():  # the environment too
+        os.environ.update(BENTOML_DO_NOT_TRACK="true", COLUMNS="200")
+        yield tmp_path / "bentoml"
 
 
 def saved_tag(output: str) -> str:
@@ -228,11 +221,14 @@ def test_a_learning_rate_that_ends_at_zero_plots_without_a_warning() -> None:
 # --- the command ----------------------------------------------------------------------------------
 
 
-def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, store_env: dict[str, str]) -> None:
+def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, home: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
     cache = tmp_path / "cache"
-    result = train_cifar("--data", str(OFFICIAL), *QUICK, "--output", str(run), "--seed", "7", "--no-cache",
-                         env={**store_env, "CIFAR_SERVE_CACHE": str(cache)})
+    with monkeypatch.context() as patched:
+        patched.setenv("CIFAR_SERVE_CACHE", str(cache))
+        result = train_cifar("--data", str(OFFICIAL), *QUICK, "--output", str(run), "--seed", "7", "--no-cache",
+                             home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout and "545,098 parameters" in result.stdout
     assert not cache.exists()  # --no-cache writes nothing
@@ -240,7 +236,7 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     printed_time = re.search(r"1 epochs in (\d+) s", result.stdout)
     assert printed_time and int(printed_time[1]) == round(report["training_time_s"]), result.stdout
     tag = saved_tag(result.stdout)
-    info = stored_model(tag, store_env)
+    info = stored_model(tag, home)
     meta = info["metadata"]
     assert info["labels"] == {"architecture": "cnn", "optimizer": "adam", "framework": "keras"}
     assert meta["class_names"][0] == "airplane" and meta["input_shape"] == [32, 32, 3]
@@ -274,28 +270,28 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, st
     assert float(printed[2]) == round(100 * calibration["test"]["ece_after"], 2)
     assert 0 < report["calibration_time_s"] < report["training_time_s"]
     assert meta["plots"] == ["curves.png", "confusion_matrix.png", "reliability.png"]
-    entry = Path(store_env["BENTOML_HOME"]) / "models" / tag.replace(":", "/")
+    entry = home / "models" / tag.replace(":", "/")
     assert (entry / "reliability.png").read_bytes() == (run / "reliability.png").read_bytes()
 
     # calibrated again with another score and rate: the same validation split, rebuilt from the card, so the
     # same temperature; a new version with the same model file
     again = train_cifar("calibrate", tag, "--data", str(OFFICIAL), "--ood-score", "margin", "--ood-flag-rate", "0.1",
-                        env=store_env)
+                        home=home)
     assert again.returncode == 0, again.stderr[-3000:]
     new_tag = saved_tag(again.stdout + ";")
-    recalibrated = stored_model(new_tag, store_env)["metadata"]
+    recalibrated = stored_model(new_tag, home)["metadata"]
     assert new_tag != tag and recalibrated["calibration"]["temperature"] == pytest.approx(calibration["temperature"])
     assert (recalibrated["calibration"]["score"], recalibrated["calibration"]["flag_rate"]) == ("margin", 0.1)
     assert recalibrated["metrics"] == meta["metrics"] and recalibrated["plots"] == meta["plots"]
-    new_entry = Path(store_env["BENTOML_HOME"]) / "models" / new_tag.replace(":", "/")
+    new_entry = home / "models" / new_tag.replace(":", "/")
     assert (new_entry / "model.keras").read_bytes() == (entry / "model.keras").read_bytes()
 
 
-def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: dict[str, str]) -> None:
+def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, home: Path) -> None:
     out = tmp_path / "compare"
     result = train_cifar(
         "--data", str(TREE), "--model", "mlp", *QUICK, "--optimizer", "adam", "--optimizer", "sgd",
-        "--optimizer", "adamw", "--output", str(out), env=store_env, timeout=600,
+        "--optimizer", "adamw", "--output", str(out), home=home,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "optimizer comparison" in result.stdout
@@ -303,9 +299,9 @@ def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, store_env: d
     assert [row["optimizer"] for row in rows] == ["adam", "sgd", "adamw"]
     assert all(row["tag"].startswith("cifar10-mlp:") for row in rows)  # the store name follows --model
     assert (out / "comparison.png").stat().st_size > 10_000
-    assert len(stored_models(store_env)) == 3
+    assert len(stored_models(home)) == 3
     for row in rows:
-        assert stored_model(row["tag"], store_env)["labels"]["optimizer"] == row["optimizer"]
+        assert stored_model(row["tag"], home)["labels"]["optimizer"] == row["optimizer"]
     configs = [json.loads((out / o / "config.json").read_text()) for o in ("adam", "sgd")]
     assert configs[0]["seed"] == configs[1]["seed"] and configs[1]["lr"] == 0.01
 
@@ -323,7 +319,8 @@ def wait_for_epoch(state_file: Path, epoch: int, process: subprocess.Popen, time
     pytest.fail("the run did not reach the epoch to interrupt")
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, store_env: dict[str, str]) -> None:
+def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, store_env: dict[str, str], home: Path) -> None:
+    """Killed in a subprocess (the kill is the point), resumed and run again whole in this process."""
     run = tmp_path / "run"
     args = ["--data", str(TREE), "--epochs", "6", "--batch-size", "4", "--early-stopping-patience", "0",
             "--output", str(run)]
@@ -334,19 +331,19 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, store_env: dict[
     process.wait()
     done = json.loads((run / "checkpoints" / "state.json").read_text())["epoch"]
     assert done < 5, "the run finished before it was killed"
-    assert not stored_models(store_env), "a killed run must not have saved a model"
+    assert not stored_models(home), "a killed run must not have saved a model"
 
-    resumed = train_cifar("--resume", str(run), env=store_env)
+    resumed = train_cifar("--resume", str(run), home=home)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"epoch {done + 2}/6" in resumed.stdout and "epoch 1/6" not in resumed.stdout
-    meta = stored_model(saved_tag(resumed.stdout), store_env)["metadata"]
+    meta = stored_model(saved_tag(resumed.stdout), home)["metadata"]
     assert meta["metrics"]["epochs_run"] == 6
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 6
 
     # the same run without the kill: same length, and the same accuracy within noise
-    uninterrupted = train_cifar(*args[:-1], str(tmp_path / "whole"), env=store_env)
+    uninterrupted = train_cifar(*args[:-1], str(tmp_path / "whole"), home=home)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    whole = stored_model(saved_tag(uninterrupted.stdout), store_env)["metadata"]["metrics"]
+    whole = stored_model(saved_tag(uninterrupted.stdout), home)["metadata"]["metrics"]
     assert whole["epochs_run"] == 6
     assert abs(whole["test_accuracy"] - meta["metrics"]["test_accuracy"]) <= 0.1, (whole, meta["metrics"])
 
@@ -368,8 +365,9 @@ def test_ctrl_c_prints_the_resume_line(tmp_path: Path, store_env: dict[str, str]
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path: Path, store_env: dict[str, str]) -> None:
     run = tmp_path / "run"
-    env = {**store_env, "TRAIN_CIFAR_LOGICAL_CPUS": "2"}
-    result = train_cifar("--data", str(OFFICIAL), *QUICK, "--distribute", "mirrored", "--output", str(run), env=env)
+    env = {**store_env, "TRAIN_CIFAR_LOGICAL_CPUS": "2"}  # read before TensorFlow loads: a process of its own
+    args = ["--data", str(OFFICIAL), *QUICK, "--distribute", "mirrored", "--output", str(run)]
+    result = subprocess.run([*TRAIN_CIFAR, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "report.json").read_text())["devices"] == ["/cpu:0", "/cpu:1"]
 
@@ -500,6 +498,13 @@ SAVE_BIG_MODEL = (
 )
 
 
+def card() -> "ModelCard":  # noqa: F821
+    """The card CARD makes, for a save in this process."""
+    scope: dict = {}
+    exec(CARD, scope)
+    return scope["card"]
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_killed_save_leaves_the_whole_model_or_none(delay: float, tmp_path: Path, store_env: dict[str, str]) -> None:
     big = tmp_path / "big.keras"
@@ -513,33 +518,28 @@ def test_killed_save_leaves_the_whole_model_or_none(delay: float, tmp_path: Path
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    for model in stored_models(store_env):  # the store still lists, and what it lists is complete
-        shown = stored_model(model["tag"], store_env)
+    home = Path(store_env["BENTOML_HOME"])
+    for model in stored_models(home):  # the store still lists, and what it lists is complete
+        shown = stored_model(model["tag"], home)
         assert shown["metadata"]["model_file"] == "model.keras"
-        stored_file = Path(store_env["BENTOML_HOME"]) / "models" / "big" / model["tag"].split(":")[1] / "model.keras"
+        stored_file = home / "models" / "big" / model["tag"].split(":")[1] / "model.keras"
         assert stored_file.stat().st_size == big.stat().st_size
-    # the next save cleans up what the killed one left in staging
-    result = subprocess.run([sys.executable, "-c", SAVE_BIG_MODEL, str(big)], cwd=ROOT, env=store_env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # the next save (here, in this process) cleans up what the killed one left in staging
+    from training.store import save_model
+
+    with inprocess.bentoml_home(home):
+        assert save_model("big", big, card(), {}).startswith("big:")
     assert not list(staging.iterdir())
 
 
-def test_failed_save_leaves_no_partial_model(tmp_path: Path, store_env: dict[str, str]) -> None:
-    code = (
-        "import bentoml, pathlib, sys\n"
-        "from training.store import save_model\n"
-        + CARD
-        + "try:\n"
-        "    save_model('half', pathlib.Path(sys.argv[1]), card, {})\n"
-        "except FileNotFoundError:\n"
-        "    print('FileNotFoundError')\n"
-        "print(len(bentoml.models.list()))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.keras")], cwd=ROOT,
-                            capture_output=True, text=True, env=store_env)
-    assert result.stdout.split() == ["FileNotFoundError", "0"], result.stderr[-2000:]
-    assert not list((Path(store_env["BENTOML_HOME"]) / "cifar-serve-staging").iterdir())
+def test_failed_save_leaves_no_partial_model(tmp_path: Path) -> None:
+    from training.store import save_model
+
+    home = tmp_path / "bentoml"
+    with inprocess.bentoml_home(home), pytest.raises(FileNotFoundError):
+        save_model("half", tmp_path / "missing.keras", card(), {})
+    assert stored_models(home) == []
+    assert not list((home / "cifar-serve-staging").iterdir())
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -556,25 +556,24 @@ def legacy_model_script(kind: str, path: Path) -> str:
 
 
 @pytest.mark.parametrize("kind", ["keras"])  # legacy h5 and SavedModel imports: tests/test_model_safety.py
-def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store_env: dict[str, str]) -> None:
+def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store_env: dict[str, str],
+                                                home: Path) -> None:
     if kind == "keras":
+        import keras
+
         path = tmp_path / "mine.keras"
-        code = (
-            "import keras\n"
-            "m = keras.Sequential([keras.Input((32, 32, 3), dtype='uint8'), keras.layers.Rescaling(1/255),"
-            " keras.layers.Flatten(), keras.layers.Dense(10, activation='softmax')])\n"
-            f"m.save(r'{path}')\n"
-        )
-    else:
+        keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                          keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]).save(path)
+    else:  # a legacy file is made with tf_keras, in a process of its own
         path = tmp_path / ("legacy.h5" if kind == "h5" else "legacy_savedmodel")
-        code = legacy_model_script(kind, path)
-    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=store_env)
-    assert made.returncode == 0, made.stderr[-2000:]
+        made = subprocess.run([sys.executable, "-c", legacy_model_script(kind, path)], capture_output=True, text=True,
+                              env=store_env)
+        assert made.returncode == 0, made.stderr[-2000:]
     # h5: the scaling given; savedmodel: "auto" picks the float scaling that scores best (random weights here)
     scaling = ["--input-scaling", "0-1"] if kind == "h5" else []
-    result = train_cifar("import", str(path), "--data", str(OFFICIAL), "--name", "imported", *scaling, env=store_env)
+    result = train_cifar("import", str(path), "--data", str(OFFICIAL), "--name", "imported", *scaling, home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    meta = stored_model("imported:latest", store_env)["metadata"]
+    meta = stored_model("imported:latest", home)["metadata"]
     # a clean legacy file is stored converted to Keras 3 (served in safe mode); the card keeps its own format
     source_format = {"h5": "tf-keras-h5", "savedmodel": "tf-keras-savedmodel", "keras": "keras"}[kind]
     assert meta["format"] == "keras" and meta["config"]["format"] == source_format
@@ -586,31 +585,25 @@ def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store
     assert "reliability.png" in meta["plots"] and "calibration: temperature" in result.stdout
 
     # the stored accuracy is the one the served model gets on the same test images
-    check = subprocess.run(
-        [sys.executable, "-c", "import sys, numpy as np; from contract.predictor import load_predictor;"
-         "from training.data import load_dataset; data = load_dataset(sys.argv[1], 0.0, 0);"
-         "p = load_predictor('imported:latest', trust_model_code=True); probabilities = p.predict(data.x_test);"
-         "print(probabilities.sum(axis=1).min(), np.mean(probabilities.argmax(axis=1) == data.y_test))",
-         str(OFFICIAL)],
-        cwd=ROOT, capture_output=True, text=True, env=store_env,
-    )
-    assert check.returncode == 0, check.stderr[-2000:]
-    smallest_sum, served_accuracy = map(float, check.stdout.split()[-2:])
+    from contract.predictor import load_predictor
+
+    data = load_dataset(str(OFFICIAL), 0.0, 0)
+    with inprocess.bentoml_home(home):
+        probabilities = load_predictor("imported:latest", trust_model_code=True).predict(data.x_test)
+    smallest_sum = float(probabilities.sum(axis=1).min())
+    served_accuracy = float(np.mean(probabilities.argmax(axis=1) == data.y_test))
     assert abs(smallest_sum - 1.0) < 1e-4
     assert abs(served_accuracy - meta["metrics"]["test_accuracy"]) <= 1 / 50 + 1e-9, (served_accuracy, meta)
 
 
-def test_import_rejects_a_model_of_the_wrong_shape(tmp_path: Path, store_env: dict[str, str]) -> None:
+def test_import_rejects_a_model_of_the_wrong_shape(tmp_path: Path, home: Path) -> None:
+    import keras
+
     path = tmp_path / "wrong.keras"
-    code = (
-        "import keras\n"
-        "m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])\n"
-        f"m.save(r'{path}')\n"
-    )
-    assert subprocess.run([sys.executable, "-c", code], env=store_env).returncode == 0
-    result = train_cifar("import", str(path), "--data", str(OFFICIAL), env=store_env)
+    keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]).save(path)
+    result = train_cifar("import", str(path), "--data", str(OFFICIAL), home=home)
     assert result.returncode == 2 and "not 32x32x3 images" in result.stderr
-    missing = train_cifar("import", str(tmp_path / "nope.h5"), "--data", str(OFFICIAL), env=store_env)
+    missing = train_cifar("import", str(tmp_path / "nope.h5"), "--data", str(OFFICIAL), home=home)
     assert missing.returncode == 2 and "model file not found" in missing.stderr
 
 
