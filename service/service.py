@@ -33,6 +33,7 @@ from service.inference.memory import return_large_blocks_to_the_os
 from service.inference.registry import ModelRegistry
 from service.schemas import Classification, ModelMetadata
 from service.settings import service_settings
+from service.tracing import service_tracing
 
 logger = logging.getLogger("bentoml.service.cifar10")
 
@@ -112,6 +113,7 @@ def start_classifier() -> Classifier:
     workers=SETTINGS.workers,
     **({"resources": {"gpu": SETTINGS.gpus}} if SETTINGS.gpus else {}),
     traffic={"timeout": 60},
+    **service_tracing(),
 )
 class CIFAR10Classifier:
     """Classify images into the ten CIFAR-10 classes with Keras models from the BentoML store."""
