@@ -9,14 +9,12 @@ import os
 import re
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 
 from training import cpu_info
 
 # Read by TensorFlow when it loads: this module is imported before it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
 
 # TensorFlow's log lines (absl format): severity, date, time, thread, file:line] message
 TF_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] (.*)$")

@@ -249,7 +249,7 @@ def fit_or_explain(run: Run, model: keras.Model, train_data: tf.data.Dataset, va
     """`model.fit`; a full disk, a lost permission or a lost peer becomes a RunError that says how to resume."""
     try:
         model.fit(train_data, validation_data=val_data, epochs=run.config.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=0)
+                  callbacks=callbacks, verbose=0, shuffle=False)  # the dataset shuffles itself (to_dataset)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
             raise
