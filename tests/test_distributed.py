@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from inprocess import bentoml_home, process_state_kept, train_cifar
+from inprocess import process_state_kept, stored_model, stored_models, train_cifar
 
 from training.cluster import ClusterError, read_cluster_role
 
@@ -97,14 +97,6 @@ def read_back(file: IO[str]) -> str:
         return file.read()
 
 
-def stored_cards(home: Path) -> dict[str, dict]:
-    """Each entry of the model store at `home`: its tag and its metadata (the model card)."""
-    import bentoml
-
-    with bentoml_home(home):
-        return {str(model.tag): dict(model.info.metadata) for model in bentoml.models.list()}
-
-
 def worker_folders(pid: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"train-cifar-worker*-{pid}-*"))
 
@@ -161,7 +153,7 @@ def test_a_killed_cluster_resumes_from_the_chiefs_checkpoint(tmp_path: Path, env
         worker.wait()
     done = json.loads((run / "checkpoints" / "state.json").read_text())["epoch"]
     assert done < 3, "the run finished before it was killed"
-    assert not stored_cards(tmp_path / "bentoml")
+    assert not stored_models(tmp_path / "bentoml")
 
     resumed = start_workers(["--resume", str(run)], env)
     (chief_rc, chief_out, chief_err), (other_rc, other_out, other_err) = finish(resumed)
@@ -175,9 +167,9 @@ def test_a_killed_cluster_resumes_from_the_chiefs_checkpoint(tmp_path: Path, env
         EPOCH_LINE.findall(other_out)[-1].split(", elapsed_s")[0]
     assert "saved to the model store as" in chief_out and "saved to the model store" not in other_out
 
-    models = stored_cards(tmp_path / "bentoml")
+    models = stored_models(tmp_path / "bentoml")
     assert len(models) == 1, models  # two processes, one stored model
-    card = next(iter(models.values()))
+    card = stored_model(models[0]["tag"], tmp_path / "bentoml")["metadata"]
     assert card["distribute"] == "multi-worker" and card["workers"] == 2
     assert card["metrics"]["epochs_run"] == 4 and card["run_dir"] == str(run.resolve())
     report = json.loads((run / "report.json").read_text())
