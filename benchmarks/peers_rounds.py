@@ -52,10 +52,11 @@ class Setting:
         return cls(name, Path(checkout).resolve() if checkout else PROJECT_ROOT, dict(pairs))
 
 
-def busy_jiffies() -> tuple[float, float]:
-    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
-    fields = [float(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields[:3]) + sum(fields[5:8]), sum(fields)
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far: busy is all but idle and I/O wait."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - times.iowait, total
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -90,12 +91,13 @@ def measure(server: ServerProcess, workload: str, inputs: Inputs, args: argparse
     url = server.url + (forms.protocol if workload == "protocol" else forms.e2e)
     accept = requests.has_probabilities if workload == "protocol" else None
     pid = server.process.pid
-    machine0, threads0, server0, started = busy_jiffies(), thread_cpu(pid), tree_cpu(pid) or 0.0, time.perf_counter()
+    machine0, threads0, server0 = busy_cpu_seconds(), thread_cpu(pid), tree_cpu(pid) or 0.0
+    started = time.perf_counter()
     result = asyncio.run(drive(url, bodies.bodies, args.clients, args.warmup, args.duration, args.timeout, "aiohttp",
                                pid, bodies.headers, accept)).summary()
-    machine1, threads1, server1 = busy_jiffies(), thread_cpu(pid), tree_cpu(pid) or 0.0
+    machine1, threads1, server1 = busy_cpu_seconds(), thread_cpu(pid), tree_cpu(pid) or 0.0
     seconds = time.perf_counter() - started
-    machine_cores = (os.cpu_count() or 1) * (machine1[0] - machine0[0]) / max(1.0, machine1[1] - machine0[1])
+    machine_cores = (os.cpu_count() or 1) * (machine1[0] - machine0[0]) / max(0.01, machine1[1] - machine0[1])
     server_cores = (server1 - server0) / seconds
     client_cores = result["client_cpu_ms_per_request"] * result["throughput_rps"] / 1000
     threads = {name: round((value - threads0.get(name, 0.0)) / seconds, 2) for name, value in threads1.items()

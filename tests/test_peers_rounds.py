@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from benchmarks.peers_rounds import PROJECT_ROOT, Setting, busy_jiffies, means, thread_cpu
+from benchmarks.peers_rounds import PROJECT_ROOT, Setting, busy_cpu_seconds, means, thread_cpu
 
 
 def test_a_setting_names_its_checkout_and_environment(tmp_path) -> None:
@@ -39,7 +39,7 @@ def test_thread_cpu_sees_a_busy_thread_by_name() -> None:
     worker.join()
     key = f"{os.getpid()}:python"  # Python does not name its threads for the OS
     assert after[key] - before.get(key, 0.0) >= 0.25
-    busy, total = busy_jiffies()
+    busy, total = busy_cpu_seconds()
     assert 0 < busy <= total
 
 
