@@ -351,6 +351,7 @@ MODULE_MARKS = {
     "test_hostile_benchmark.py": ("bench", "server"),
     "test_peers_smoke.py": ("bench", "server"),  # benchmarks/peers.py starts a serving peer (and uses cifar_server)
     "test_train_benchmark.py": ("bench", "training"),
+    "test_middleware_cost.py": ("bench",),  # benchmarks/middleware_cost.py, in this process
 }
 BODY_MARKS = {  # tests that start a server or train in their own body, not through a fixture
     "test_backends.py::test_service_under_jax": ("server",),
