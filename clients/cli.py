@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, TypeVar
 
 import httpx
 import typer
@@ -19,6 +19,7 @@ from service.schemas import Classification, ModelMetadata, ModelState
 app = typer.Typer(help="Client for the CIFAR-10 BentoML service.", no_args_is_help=True, add_completion=False)
 console = Console()
 errors = Console(stderr=True)
+Answer = TypeVar("Answer")  # what one read from the server returns: the card, or the served models
 
 UrlOption = Annotated[
     Optional[str], typer.Option("--url", help="service URL (default: $CIFAR10_URL or http://localhost:3000)")
@@ -102,9 +103,8 @@ def metadata(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Show which model the service runs, how it was trained and where it infers."""
-    with _connected(url, timeout, api_key) as client:
-        info = client.metadata(model)
-    _show(info.model_dump_json(indent=2) if as_json else _metadata_table(info))
+    _read_and_show(url, timeout, api_key, as_json, read=lambda client: client.metadata(model),
+                   raw=lambda info: info.model_dump_json(indent=2), table=_metadata_table)
 
 
 def _metadata_table(info: ModelMetadata) -> Table:
@@ -130,12 +130,23 @@ def _metadata_table(info: ModelMetadata) -> Table:
     return table
 
 
-def _show(answer: str | Table) -> None:
-    """The raw JSON (--json) as it is, or a table for people."""
-    if isinstance(answer, str):
-        typer.echo(answer)
+def _read_and_show(
+    url: Optional[str],
+    timeout: float,
+    api_key: Optional[str],
+    as_json: bool,
+    *,
+    read: Callable[[CIFAR10Client], Answer],
+    raw: Callable[[Answer], str],
+    table: Callable[[Answer], Table],
+) -> None:
+    """Read one answer from the server; print it as raw JSON (--json) or as a table for people."""
+    with _connected(url, timeout, api_key) as client:
+        answer = read(client)
+    if as_json:
+        typer.echo(raw(answer))
     else:
-        console.print(answer)
+        console.print(table(answer))
 
 
 def _calibration_rows(info: ModelMetadata) -> dict[str, str]:
@@ -168,10 +179,11 @@ def models(
     api_key: ApiKeyOption = None,
 ) -> None:
     """List the served models and their versions (the first is the default)."""
-    with _connected(url, timeout, api_key) as client:
-        states = client.models()
-    raw = json.dumps([state.model_dump(exclude_none=True) for state in states], indent=2)
-    _show(raw if as_json else _models_table(states))
+    _read_and_show(url, timeout, api_key, as_json, read=CIFAR10Client.models, raw=_models_json, table=_models_table)
+
+
+def _models_json(states: list[ModelState]) -> str:
+    return json.dumps([state.model_dump(exclude_none=True) for state in states], indent=2)
 
 
 def _models_table(states: list[ModelState]) -> Table:
