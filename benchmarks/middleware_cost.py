@@ -22,7 +22,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from benchmarks.harness import machine  # noqa: E402
-from benchmarks.serve import load_images  # noqa: E402
+from benchmarks.images import load_images  # noqa: E402
 
 BODY = b"x" * 3200  # a v2 infer of one 32x32x3 uint8 image in binary is about this size
 PATH = "/v2/models/m/infer"

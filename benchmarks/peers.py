@@ -43,7 +43,7 @@ from benchmarks.harness import SENDERS, SERVICE_IMPORT, ServerProcess, drive, fr
 from benchmarks.peer_servers.common import FILES_MODEL_NAME, MODEL_NAME, PeerSettings
 from benchmarks.peer_table import OURS, chart, report
 from benchmarks.peer_venvs import PEERS, Venv, ensure_venv
-from benchmarks.serve import load_images
+from benchmarks.images import load_images
 
 TF_SERVING = ("not installable here: its server is a C++ binary (tensorflow-model-server) shipped as a "
               "Docker image or an apt repository of Google's, neither reachable from this machine; PyPI has only "

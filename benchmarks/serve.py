@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
-import os
 import shlex
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +36,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from benchmarks.harness import SENDERS, RunningServer, ServerProcess, drive, machine, server_env
+from benchmarks.images import load_images
 
 SERVERS = {
     "ceiling": "benchmarks.ceiling_service:CeilingClassifier",
@@ -49,7 +47,6 @@ BOUNDARY = "cifar-serve-benchmark-7d1f0c"
 MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 RAW_HEADERS = {"Content-Type": "image/jpeg"}  # the raw-body /classify path: the image is the whole body
 BODIES = ("multipart", "raw")
-IMAGE_SUFFIXES = (".jpg", ".jpeg")
 TARGETS = {  # the issues' serving targets at concurrency 16 on the 2-core machine
     "service/ceiling": 0.70,
     "service/naive": 10.0,
@@ -59,58 +56,6 @@ TARGETS = {  # the issues' serving targets at concurrency 16 on the 2-core machi
     "service-raw/ceiling-raw": 0.9,  # the raw-body service against the no-model ceiling of the same path
     "p99 service-raw/ceiling-raw": 2.0,  # at most
 }
-
-
-# ------------------------------------------------------------------------------------------------
-# images
-
-
-def load_images(source: Path | None, count: int, seed: int = 0) -> tuple[list[tuple[str, bytes]], str]:
-    """`count` JPEGs spread evenly over the test split of a folder or .tar(.gz) tree, else generated ones."""
-    if source is None:
-        return generate_jpegs(count, seed), f"{count} generated 32x32 JPEGs (seed {seed})"
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        found = [(str(p.relative_to(source)), p) for p in files]
-        chosen = _spread(_prefer_test(found), count)
-        images = [(name, path.read_bytes()) for name, path in chosen]
-    else:
-        with tarfile.open(source) as archive:
-            members = [(m.name, m) for m in archive if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
-            chosen = _spread(_prefer_test(members), count)
-            images = [(name, archive.extractfile(member).read()) for name, member in chosen]  # type: ignore[union-attr]
-    if not images:
-        raise SystemExit(f"no JPEG files found in {source}")
-    return images, f"{len(images)} JPEGs from {source}"
-
-
-def _prefer_test(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    test = [item for item in items if "test" in Path(item[0]).parts]
-    return test or items
-
-
-def _spread(items: list[Any], count: int) -> list[Any]:
-    """Every k-th item so that all classes (sorted folders) are represented."""
-    if len(items) <= count:
-        return items
-    step = len(items) / count
-    return [items[int(i * step)] for i in range(count)]
-
-
-def generate_jpegs(count: int, seed: int) -> list[tuple[str, bytes]]:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(count):
-        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # smooth-ish, compresses like a photo
-        noise = rng.integers(-20, 21, (32, 32, 3))
-        pixels = np.clip(np.kron(base, np.ones((8, 8, 1))) + noise, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=75)
-        images.append((f"generated-{i:04d}.jpg", buffer.getvalue()))
-    return images
 
 
 def multipart_body(filename: str, data: bytes) -> bytes:

@@ -20,28 +20,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import random
 import shlex
 import statistics
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: the project's packages without installing
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from benchmarks.harness import SERVICE_IMPORT, RunningServer, Server, ServerProcess, machine, percentile, server_env
+from benchmarks.images import load_images
 
 DEFAULT_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BATCH_SIZE = 4  # images per /classify_batch request in the mix
@@ -74,40 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------- data
-
-
-def load_images(source: Path, limit: int, seed: int) -> tuple[list[bytes], str]:
-    """Up to `limit` JPEG files (a random sample) and where they came from."""
-    rng = random.Random(seed)
-    if source.is_file() and tarfile.is_tarfile(source):
-        sample: list[bytes] = []
-        seen = 0
-        with tarfile.open(source, "r:*") as archive:
-            for member in archive:  # one streaming pass, reservoir sampling: every class is represented
-                if not member.isfile() or not member.name.lower().endswith((".jpg", ".jpeg", ".png")):
-                    continue
-                seen += 1
-                slot = len(sample) if len(sample) < limit else rng.randrange(seen)
-                if slot < limit:
-                    data = archive.extractfile(member).read()  # type: ignore[union-attr]
-                    if slot == len(sample):
-                        sample.append(data)
-                    else:
-                        sample[slot] = data
-        if sample:
-            return sample, f"{len(sample)} of {seen} images from {source}"
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if files:
-            chosen = rng.sample(files, min(limit, len(files)))
-            return [p.read_bytes() for p in chosen], f"{len(chosen)} of {len(files)} images from {source}"
-    generated = []
-    np_rng = np.random.default_rng(seed)
-    for _ in range(min(limit, 200)):
-        buffer = io.BytesIO()
-        Image.fromarray(np_rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=75)
-        generated.append(buffer.getvalue())
-    return generated, f"{len(generated)} generated 32x32 JPEGs ({source} not found)"
 
 
 def invalid_payloads(valid: bytes) -> dict[str, bytes]:
@@ -333,7 +296,8 @@ def running_server(args: argparse.Namespace) -> Server:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    images, source = load_images(args.images, args.max_images, args.seed)
+    named, source = load_images(args.images if args.images.exists() else None, args.max_images, args.seed)
+    images = [data for _, data in named]
     server: Server | None = None
     try:
         server = running_server(args)
