@@ -31,6 +31,10 @@ import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment; rich would fix every console
+# made at import to 80 columns, and the tests that read wide tables or one-line summaries give CliRunner their width
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 # train-cifar caches decoded data sets; the tests' runs go to a folder of their own, not the user's cache
 os.environ["CIFAR_SERVE_CACHE"] = tempfile.mkdtemp(prefix="cifar-serve-test-cache-")
 if str(PROJECT_ROOT) not in sys.path:  # `benchmarks` is not installed: import it from the checkout
@@ -388,6 +392,18 @@ def cost_marks(item: pytest.Item) -> set[str]:
     return marks
 
 
+# The serving group: every module with a test that uses a server, the browser or podman (collection fails when one
+# is missing). Its tests run in one process, one after the other, also under pytest-xdist (`-n 2`), so each
+# shared server and the container image start once; the other modules run beside them, in the other worker.
+SERVING_MARKS = {"server", "browser", "container"}
+SERVING_MODULES = frozenset({
+    "test_backends.py", "test_benchmarks_smoke.py", "test_calibrated_serving.py", "test_client.py", "test_container.py",
+    "test_contract.py", "test_hostile.py", "test_hostile_benchmark.py", "test_hostile_limits.py", "test_model_swap.py",
+    "test_peers_smoke.py", "test_raw_body.py", "test_service.py", "test_service_access.py", "test_shutdown.py",
+    "test_soak_smoke.py", "test_tracing.py", "test_ui.py", "test_v2.py",
+})
+CONTAINER_SELECTED = pytest.StashKey[bool]()
+
 # Tests that change a shared server for good (a new version swapped in; a server stopped) run after every
 # other test of the session, in this order, so the readers of that server see it as it started.
 SHARED_SERVER_LAST = (
@@ -398,11 +414,59 @@ SHARED_SERVER_LAST = (
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        for mark in sorted(cost_marks(item)):
+        marks = cost_marks(item)
+        for mark in sorted(marks):
             item.add_marker(getattr(pytest.mark, mark))
-    last = {name: index for index, name in enumerate(SHARED_SERVER_LAST)}
-    key = lambda item: last.get(f"{item.path.name}::{getattr(item, 'originalname', item.name)}", -1)  # noqa: E731
-    items.sort(key=key)  # stable: everything else keeps its order
+        if SERVING_MARKS & marks and item.path.name not in SERVING_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} needs a server, the browser or podman: add {item.path.name} "
+                                    "to tests/conftest.py's SERVING_MODULES")
+    items.sort(key=run_order)  # stable: everything else keeps its order
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.stash[CONTAINER_SELECTED] = any(item.get_closest_marker("container") for item in session.items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`python -m pytest -n 2`: the serving group is one unit of work, so one worker runs it and its servers
+    start once; every other module is a unit of its own, for whichever worker is free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServingTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = Path(nodeid.split("::", 1)[0]).name
+            return "the serving group" if module in SERVING_MODULES else super()._split_scope(nodeid)
+
+    return ServingTogether(config, log)
+
+
+def run_order(item: pytest.Item) -> int:
+    """-1 for most tests; SHARED_SERVER_LAST's after them, in its order; the container tests last of all, so
+    that their image, built in the background from the serving group's first test on, is most likely ready."""
+    if item.get_closest_marker("container"):
+        return len(SHARED_SERVER_LAST)
+    name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+    return SHARED_SERVER_LAST.index(name) if name in SHARED_SERVER_LAST else -1
+
+
+@pytest.fixture(scope="session")
+def container_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator["ImageBuild"]:  # noqa: F821
+    """The container tests' image build (tests/container_image.py): started by `_container_image_early` or by
+    the container tests themselves; its image is removed when the session ends."""
+    from container_image import ImageBuild
+
+    build = ImageBuild(tmp_path_factory.mktemp("container"))
+    yield build
+    build.finish()
+
+
+@pytest.fixture(autouse=True)
+def _container_image_early(request: pytest.FixtureRequest) -> None:
+    """Starts the image build at the first test of the serving group when container tests are selected, so that it
+    runs beside the other tests (in a pytest-xdist run, in the worker that runs the container tests)."""
+    if request.node.path.name in SERVING_MODULES and request.session.stash.get(CONTAINER_SELECTED, False):
+        request.getfixturevalue("container_image").start(request.getfixturevalue("cifar_model_store"))
 
 
 def server_starts() -> list[str]:
@@ -413,10 +477,11 @@ def server_starts() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _a_test_that_starts_a_server_is_marked(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Keeps the quick subset quick: a test not marked `server` that starts one in its body fails here."""
-    before = len(server_starts())
+    """Keeps the quick subset quick: a test not marked `server` that starts one in its body fails here (the
+    starts are counted by the test that caused them: under pytest-xdist the other worker starts servers too)."""
     yield
-    if request.node.get_closest_marker("server") is None and len(server_starts()) > before:
+    started = [line for line in server_starts() if line.split("\t", 1)[0] == request.node.nodeid]
+    if request.node.get_closest_marker("server") is None and started:
         pytest.fail(f"{request.node.nodeid} started a server but is not marked `server`: add it to "
                     "tests/conftest.py's BODY_MARKS", pytrace=False)
 

@@ -1,6 +1,6 @@
-"""The bento as a container image, built and run with podman: `deploy/build-image` (one build for the module),
-the container against the host server, a graceful `podman stop`, a bad setting, and the Kubernetes Deployment
-run with `podman kube play`.
+"""The bento as a container image, built and run with podman: `deploy/build-image` (one build, started in the
+background when the session starts: tests/container_image.py), the container against the host server, a graceful
+`podman stop`, a bad setting, and the Kubernetes Deployment run with `podman kube play`.
 
 Needs podman, runc, mmdebstrap and uidmap (the README's test command installs them), root, and the package
 index reachable from inside the build. Deselect with `-m "not container"`.
@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
-import shutil
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,38 +23,20 @@ import yaml
 
 from benchmarks.harness import HOST, free_port
 from conftest import PROJECT_ROOT, ModelStore, assert_same_answer, metadata_json
+from container_image import ImageBuild
 from deploy.containers import container_name, podman, running, wait_ready
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
 PHOTOS = sorted((PROJECT_ROOT / "tests" / "fixtures" / "images-tiny" / "test").rglob("*.jpg"))
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this CI reaches the package index through a TLS-inspecting proxy
 
 
 @pytest.fixture(scope="module")
-def image(cifar_model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The suite's tiny model -> `bentoml build` -> `deploy/build-image`: the module's one image build."""
-    missing = [tool for tool in ("podman", "runc", "mmdebstrap") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: apt-get install -y podman runc mmdebstrap uidmap "
-                    "(or deselect these tests with -m 'not container')")
-    store = cifar_model_store.copy(tmp_path_factory.mktemp("container") / "bentoml_home")
-    env = store.env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the venv's bentoml
-    built = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, text=True, timeout=180)
-    assert built.returncode == 0, built.stderr[-3000:]
-    bento = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    trust = ["--trust-host-ca"] if HOST_CA.is_file() else []
-    result = subprocess.run([str(PROJECT_ROOT / "deploy" / "build-image"), *trust, bento], cwd=PROJECT_ROOT, env=env,
-                            capture_output=True, text=True, timeout=1100)
-    assert result.returncode == 0, result.stderr[-5000:]
-    reference = result.stdout.strip().splitlines()[-1]
-    assert reference == f"localhost/{bento}"
-    try:
-        yield reference
-    finally:
-        podman("rmi", "--force", reference, check=False)
+def image(container_image: ImageBuild, cifar_model_store: ModelStore) -> str:
+    """The session's one image, most likely built in the background already (tests/container_image.py)."""
+    container_image.start(cifar_model_store)
+    return container_image.reference()
 
 
 def classify(url: str, photo: Path, **headers: str) -> httpx.Response:
