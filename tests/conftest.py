@@ -392,15 +392,16 @@ def cost_marks(item: pytest.Item) -> set[str]:
     return marks
 
 
-# The serving group: every module with a test that uses a server, the browser or podman (collection fails when one
-# is missing). Its tests run in one process, one after the other, also under pytest-xdist (`-n 2`), so each
-# shared server and the container image start once; the other modules run beside them, in the other worker.
-SERVING_MARKS = {"server", "browser", "container"}
-SERVING_MODULES = frozenset({
+# The shared-server group: every module with a test that uses a server the session shares, or the container image
+# (it uses one too); collection fails when one is missing. Its tests run in one process, one after the other, also
+# under pytest-xdist (`-n 2`), so each shared server starts once; the other modules (those that start servers of
+# their own included) run beside them, in the other worker.
+SHARED_FIXTURES = {"cifar_server", "control_server", "keyed_server", "container_image"}
+SHARED_SERVER_MODULES = frozenset({
     "test_backends.py", "test_benchmarks_smoke.py", "test_calibrated_serving.py", "test_client.py", "test_container.py",
     "test_contract.py", "test_hostile.py", "test_hostile_benchmark.py", "test_hostile_limits.py", "test_model_swap.py",
-    "test_peers_smoke.py", "test_raw_body.py", "test_service.py", "test_service_access.py", "test_shutdown.py",
-    "test_soak_smoke.py", "test_tracing.py", "test_ui.py", "test_v2.py",
+    "test_peers_smoke.py", "test_raw_body.py", "test_service.py", "test_service_access.py", "test_soak_smoke.py",
+    "test_tracing.py", "test_v2.py",
 })
 CONTAINER_SELECTED = pytest.StashKey[bool]()
 
@@ -417,9 +418,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marks = cost_marks(item)
         for mark in sorted(marks):
             item.add_marker(getattr(pytest.mark, mark))
-        if SERVING_MARKS & marks and item.path.name not in SERVING_MODULES:
-            raise pytest.UsageError(f"{item.nodeid} needs a server, the browser or podman: add {item.path.name} "
-                                    "to tests/conftest.py's SERVING_MODULES")
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())) and item.path.name not in SHARED_SERVER_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} uses a shared server: add {item.path.name} to "
+                                    "tests/conftest.py's SHARED_SERVER_MODULES")
     items.sort(key=run_order)  # stable: everything else keeps its order
 
 
@@ -429,21 +430,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`python -m pytest -n 2`: the serving group is one unit of work, so one worker runs it and its servers
+    """`python -m pytest -n 2`: the shared-server group is one unit of work, so one worker runs it and its servers
     start once; every other module is a unit of its own, for whichever worker is free."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ServingTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = Path(nodeid.split("::", 1)[0]).name
-            return "the serving group" if module in SERVING_MODULES else super()._split_scope(nodeid)
+            return "the shared-server group" if module in SHARED_SERVER_MODULES else super()._split_scope(nodeid)
 
     return ServingTogether(config, log)
 
 
 def run_order(item: pytest.Item) -> int:
     """-1 for most tests; SHARED_SERVER_LAST's after them, in its order; the container tests last of all, so
-    that their image, built in the background from the serving group's first test on, is most likely ready."""
+    that their image, built in the background from the shared-server group's first test on, is most likely ready."""
     if item.get_closest_marker("container"):
         return len(SHARED_SERVER_LAST)
     name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
@@ -463,9 +464,9 @@ def container_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Image
 
 @pytest.fixture(autouse=True)
 def _container_image_early(request: pytest.FixtureRequest) -> None:
-    """Starts the image build at the first test of the serving group when container tests are selected, so that it
-    runs beside the other tests (in a pytest-xdist run, in the worker that runs the container tests)."""
-    if request.node.path.name in SERVING_MODULES and request.session.stash.get(CONTAINER_SELECTED, False):
+    """Starts the image build at the first test of the shared-server group when container tests are selected, so
+    that it runs beside the other tests (in a pytest-xdist run, in the worker that runs the container tests)."""
+    if request.node.path.name in SHARED_SERVER_MODULES and request.session.stash.get(CONTAINER_SELECTED, False):
         request.getfixturevalue("container_image").start(request.getfixturevalue("cifar_model_store"))
 
 

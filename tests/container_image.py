@@ -1,5 +1,5 @@
 """The container tests' image: the suite's tiny model -> `bentoml build` -> `deploy/build-image`, built in a
-background thread. conftest.py starts it with the first test of the serving group when container tests are
+background thread. conftest.py starts it with the first test of the shared-server group when container tests are
 selected: most of its 80-100 s are downloads and podman writing layers to disk, so other tests run meanwhile,
 and the container tests run last in their group (conftest's `run_order`).
 """
