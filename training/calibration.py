@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from contract import calibration as cal  # noqa: E402
 from contract.card import RELIABILITY_PLOT, Calibration, CalibrationTest, ScoreName  # noqa: E402
+from contract.predictor import Predict, batched  # noqa: E402
 from training.report import save_figure  # noqa: E402
 
 
@@ -43,6 +44,11 @@ class Predictions:
     def from_outputs(cls, outputs: np.ndarray, labels: np.ndarray, logits_missing: str = "") -> Predictions:
         """From `compile_logits`: its reason `logits_missing` says the logits are log p."""
         return cls(cal.softmax(cal.logits_of(outputs)), labels, None if logits_missing else outputs)
+
+    @classmethod
+    def served(cls, predict: Predict, images: np.ndarray, labels: np.ndarray, logits_missing: str = "") -> Predictions:
+        """`predict` (a compiled `compile_logits`) over `images` in fixed-size batches, as the service runs it."""
+        return cls.from_outputs(batched(predict, images), labels, logits_missing)
 
     @property
     def scored(self) -> np.ndarray:

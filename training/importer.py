@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from contract.card import CIFAR10_CLASSES, INPUT_SCALINGS, Calibration, DataInfo, Metrics, ModelCard, ScoreName
-from contract.predictor import batched, compile_inference, compile_logits, load_network, short_reason
+from contract.predictor import compile_inference, compile_logits, load_network, short_reason
 from training import calibration, model_safety, report, store
 from training.config import OOD_FLAG_RATE, OOD_SCORE
 from training.data import Dataset
@@ -336,7 +336,7 @@ def evaluate(stored: StoredModel, scaling: str, data: Dataset) -> dict[str, Any]
     """Test metrics of the stored network (the one the service will run), as the service computes them,
     and its served predictions (with its logits and feature norm where they can be found)."""
     predict, missing = compile_logits(stored.network, scaling, False)
-    served = calibration.Predictions.from_outputs(batched(predict, data.x_test), data.y_test, missing)
+    served = calibration.Predictions.served(predict, data.x_test, data.y_test, missing)
     return {**report.evaluation_report(served.probabilities, data.y_test, data.class_names),
             "class_names": data.class_names, "served": served}
 

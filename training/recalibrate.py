@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.card import SCHEMA_VERSION, Calibration, ModelCard, ScoreName
-from contract.predictor import Predictor, batched, load_predictor
+from contract.predictor import Predictor, load_predictor
 from training import calibration, store
 from training.data import Dataset, load_dataset
 
@@ -49,7 +49,7 @@ def recalibrate(tag: str, data: str, flag_rate: float, score: ScoreName, trust_m
 
 def served(predictor: Predictor, images: np.ndarray, labels: np.ndarray) -> calibration.Predictions:
     """The predictor's outputs (logits, feature norm) of these images, as the service computes them."""
-    return calibration.Predictions.from_outputs(batched(predictor.logits, images), labels, predictor.logits_missing)
+    return calibration.Predictions.served(predictor.logits, images, labels, predictor.logits_missing)
 
 
 def store_again(predictor: Predictor, card: ModelCard, reliability: Path) -> str:

@@ -278,7 +278,7 @@ def serving_forward(run: Run, fitted: Fitted) -> Serve:
     test-time augmentation where the recipe augments: images and labels -> the served predictions."""
     tta = run.config.recipe.augments
     predict, missing = compile_logits(fitted.model, "uint8", flip_tta=tta, translate_tta=tta)
-    return lambda images, labels: calibration.Predictions.from_outputs(batched(predict, images), labels, missing)
+    return lambda images, labels: calibration.Predictions.served(predict, images, labels, missing)
 
 
 def evaluate(run: Run, fitted: Fitted, serve: Serve) -> Evaluation:
