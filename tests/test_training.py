@@ -16,6 +16,7 @@ from pathlib import Path
 import inprocess
 import numpy as np
 import pytest
+from conftest import ModelStore
 from inprocess import stored_model, stored_models, train_cifar
 
 from training import cpu_info
@@ -285,6 +286,18 @@ def test_train_saves_model_with_full_metadata_and_run_outputs(tmp_path: Path, ho
     assert recalibrated["metrics"] == meta["metrics"] and recalibrated["plots"] == meta["plots"]
     new_entry = home / "models" / new_tag.replace(":", "/")
     assert (new_entry / "model.keras").read_bytes() == (entry / "model.keras").read_bytes()
+
+
+def test_calibrate_names_the_score_that_stands_in(cifar_model_store: ModelStore, home: Path) -> None:
+    """The session's tiny model has no penultimate features: `train-cifar calibrate --ood-score feature_norm` warns
+    and stores the score it used instead (the warning itself used to end in a NameError)."""
+    store = cifar_model_store.copy(home)
+    result = train_cifar("calibrate", store.tag, "--data", str(OFFICIAL), "--ood-score", "feature_norm", home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = " ".join(result.stdout.split())
+    assert "warning: no penultimate features: out-of-distribution score logit_energy instead of feature_norm" in printed
+    recalibrated = stored_model(saved_tag(result.stdout + ";"), home)["metadata"]["calibration"]
+    assert recalibrated["score"] == "logit_energy"
 
 
 def test_optimizer_comparison_trains_one_model_each(tmp_path: Path, home: Path) -> None:

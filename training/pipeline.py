@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from contract.card import Calibration, ScoreName
 from training import cpu_info
@@ -166,12 +167,15 @@ def run_one(config: TrainConfig, run_dir: Path, dataset: Dataset, resume: bool) 
     return result
 
 
+def print_warning(message: str) -> None:
+    """A warning of the calibration step (a score the model cannot give, and what stands in), in yellow."""
+    console.print(f"[yellow]warning: {escape(message)}[/]")
+
+
 def run_import(path: Path, name: str, input_scaling: str, data: str | None, limit: int | None,
                trust_model_code: bool, verbose: bool, ood: tuple[float, ScoreName]) -> None:
     """`train-cifar import`: a bad --data fails before TensorFlow loads; without --data, a failed Keras
     download only costs the stored model its test metrics."""
-    from rich.markup import escape
-
     try:
         check_source(data)
     except DataError as error:
@@ -189,7 +193,7 @@ def run_import(path: Path, name: str, input_scaling: str, data: str | None, limi
         dataset = None
     try:
         result = import_model(path, name, input_scaling, dataset, trust_model_code,
-                              warn=lambda message: console.print(f"[yellow]warning: {escape(message)}[/]"), ood=ood)
+                              warn=print_warning, ood=ood)
     except ModelImportError as error:
         raise UserError(str(error)) from None
     accuracy = result.metrics.test_accuracy
@@ -219,7 +223,7 @@ def run_calibrate(tag: str, data: str, flag_rate: float, score: ScoreName, trust
     console.print(f"calibrating {tag} on {data} ...")
     try:
         new_tag, calibration = recalibrate(tag, data, flag_rate, score, trust_model_code,
-                                           warn=lambda message: console.print(f"[yellow]warning: {escape(message)}[/]"))
+                                           warn=print_warning)
     except NotFound:
         raise UserError(f"no model {tag} in the model store") from None
     except (UntrustedModel, DataError) as error:
