@@ -1,6 +1,6 @@
 """The bento as a container image, built and run with podman: `deploy/build-image` (one build, started in the
-background when the session starts: tests/container_image.py), the container against the host server, a graceful
-`podman stop`, a bad setting, and the Kubernetes Deployment run with `podman kube play`.
+background with the shared-server group's first test: tests/container_image.py), the container against the host
+server, a graceful `podman stop`, a bad setting, and the Kubernetes Deployment run with `podman kube play`.
 
 Needs podman, runc, mmdebstrap and uidmap (the README's test command installs them), root, and the package
 index reachable from inside the build. Deselect with `-m "not container"`.
