@@ -9,7 +9,7 @@ photos, noise, flat colours). For every score of contract/calibration.py it prin
 in-distribution test images against each set; and at each score's threshold (the card's for the
 stored score, the same rule on the rebuilt validation split for the others) the share of test images
 falsely flagged and the share of each set flagged. Writes ood.json, ood.png (score distributions) and
-outputs.npz (the model's logits and feature norms, as served, on every set).
+outputs.npz (the model's logits and feature norms, as served, on every set; the validation split's labels).
 `--data` must be the source the model was trained on, so that the validation split is rebuilt the same.
 Needs the `ood` extra: pip install -e '.[ood]'.
 """
@@ -53,11 +53,13 @@ class Outputs:
     test: np.ndarray
     test_labels: np.ndarray
     held_out: np.ndarray | None  # the rebuilt validation split, where it can be rebuilt
+    held_out_labels: np.ndarray | None
     sets: dict[str, np.ndarray]
 
     def save(self, path: Path) -> None:
-        """All of them in one .npz, so other scores can be tried without running the model again."""
-        extra = {} if self.held_out is None else {"held_out": self.held_out}
+        """All of them in one .npz, so other scores (and benchmarks/calibration_limits.py) can be tried without
+        running the model again."""
+        extra = {} if self.held_out is None else {"held_out": self.held_out, "held_out_labels": self.held_out_labels}
         np.savez_compressed(path, test=self.test, test_labels=self.test_labels, **extra,
                             **{f"set:{name}": values for name, values in self.sets.items()})
 
@@ -120,6 +122,7 @@ def predict_all(args: argparse.Namespace) -> tuple[ModelCard, str, Outputs]:
     sets = ood_sets(args.count, args.per_photo)
     outputs = Outputs(batched(predictor.logits, test.x_test), test.y_test,
                       batched(predictor.logits, held[0]) if held is not None else None,
+                      held[1] if held is not None else None,
                       {name: batched(predictor.logits, images) for name, images in sets.items()})
     if predictor.logits_missing:
         console.print(f"[yellow]no logits ({predictor.logits_missing}): every score uses log p[/]")
