@@ -36,7 +36,6 @@ class Predictor:
     tag: str
     card: ModelCard
     labels: dict[str, str]
-    predict: Predict  # probabilities (after test-time augmentation)
     logits: Predict  # `compile_logits` (logits and feature norm): what the service and the calibration run
     path: Path  # the store entry's folder (the model file, the plots)
     creation_time: Any = None
@@ -269,9 +268,8 @@ def load_predictor(tag: str, trust_model_code: bool = False, entry: tuple[Any, M
     ref, card = entry or read_card(tag)
     check_trust(str(ref.tag), card, trust_model_code)
     network = load_network(Path(ref.path) / card.model_file, card.format)
-    predict = compile_inference(network, card.input_scaling, card.flip_tta, card.translate_tta)
     logits, missing = compile_logits(network, card.input_scaling, card.flip_tta, card.translate_tta)
     if missing:
         logger.warning("model '%s': no logits (%s); its out-of-distribution scores use log p", ref.tag, missing)
-    return Predictor(tag=str(ref.tag), card=card, labels=dict(ref.info.labels), predict=predict,
+    return Predictor(tag=str(ref.tag), card=card, labels=dict(ref.info.labels),
                      path=Path(ref.path), creation_time=ref.info.creation_time, logits=logits, logits_missing=missing)
