@@ -29,7 +29,7 @@ from service.inference.control import (CONTROL_DIR_ENV, ControlFolderError, Mode
                                        control_folder, create_control_folder)
 from service.inference.intake import Budget, Decoder
 from service.inference.device import configure_device
-from service.inference.memory import return_large_blocks_to_the_os
+from service.inference.memory import freeze_start_up_objects, return_large_blocks_to_the_os
 from service.inference.registry import ModelRegistry
 from service.schemas import Classification, ModelMetadata
 from service.settings import service_settings
@@ -128,7 +128,9 @@ class CIFAR10Classifier:
         self.model_control = ModelControl(self.classifier.registry, shared)
         APP.state.classifier = self.classifier
         APP.state.model_control = self.model_control if SETTINGS.model_control else None
-        logger.info("serving %s on %s", ", ".join(self.classifier.registry.models), self.classifier.device)
+        frozen = freeze_start_up_objects()  # no full garbage collection rescans start-up's objects
+        logger.info("serving %s on %s (%d start-up objects frozen for the garbage collector)",
+                    ", ".join(self.classifier.registry.models), self.classifier.device, frozen)
 
     def __is_ready__(self) -> bool:
         """Ready (after the warm-up in __init__) while at least one model is served."""

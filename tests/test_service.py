@@ -227,3 +227,10 @@ def test_64_concurrent_requests_are_batched(cifar_server, image_bytes: dict[str,
     assert counted == 64, counted
     assert re.search(r'bentoml_service_request_total\{endpoint="/classify",http_response_code="200"', after)
     assert "bentoml_service_request_duration_seconds_bucket" in after
+
+
+def test_each_worker_freezes_its_start_up_objects(cifar_server) -> None:
+    """Left to the garbage collector, TensorFlow's, Keras' and BentoML's objects would be rescanned by every full
+    collection (about 0.2 s with the GIL held, every request stalled): each worker freezes them once it is up."""
+    frozen = [int(count) for count in re.findall(r"\((\d+) start-up objects frozen", cifar_server.log_text())]
+    assert frozen and all(count > 100_000 for count in frozen), cifar_server.log_tail()
