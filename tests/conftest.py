@@ -429,8 +429,7 @@ SHARED_SERVER_LAST = (
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        marks = cost_marks(item)
-        for mark in sorted(marks):
+        for mark in sorted(cost_marks(item)):
             item.add_marker(getattr(pytest.mark, mark))
         if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())) and item.path.name not in SHARED_SERVER_MODULES:
             raise pytest.UsageError(f"{item.nodeid} uses a shared server: add {item.path.name} to "

@@ -20,12 +20,12 @@ pytestmark = pytest.mark.timeout(300)
 PREDICT = """
 import json, sys
 import numpy as np
-from contract.calibration import apply_calibration
+from contract.calibration import calibrated_predict
 from contract.predictor import load_predictor
 import keras
 images = np.random.default_rng(11).integers(0, 256, (37, 32, 32, 3), dtype=np.uint8)
 predictor = load_predictor(sys.argv[1])
-served = apply_calibration(predictor.logits(images), predictor.card.calibration).probabilities
+served = calibrated_predict(predictor.logits, predictor.card.calibration, None)(images)["probabilities"]
 print("OUT " + json.dumps({"backend": keras.backend.backend(), "p": served.tolist()}))
 """
 
@@ -44,13 +44,14 @@ def predictions_here(store: ModelStore) -> tuple[str, np.ndarray]:
     """PREDICT in this process, under its backend."""
     import keras
 
-    from contract.calibration import apply_calibration
+    from contract.calibration import calibrated_predict
     from contract.predictor import load_predictor
 
     images = np.random.default_rng(11).integers(0, 256, (37, 32, 32, 3), dtype=np.uint8)
     with bentoml_home(store.home):
         predictor = load_predictor(store.tag)
-    return keras.backend.backend(), apply_calibration(predictor.logits(images), predictor.card.calibration).probabilities
+    served = calibrated_predict(predictor.logits, predictor.card.calibration, None)  # the registry's model call
+    return keras.backend.backend(), served(images)["probabilities"]
 
 
 def test_both_backends_agree(cifar_model_store: ModelStore) -> None:

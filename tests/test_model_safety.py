@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ModelStore, in_process_answers, service_in_process
-from contract.calibration import apply_calibration, calibrate
+from contract.calibration import calibrate, calibrated_predict
 from inprocess import Run, bentoml_home, process_state_kept, train_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +247,7 @@ def probe(home: Path, tag: str, original: Path) -> dict:
         images = load_dataset(str(DATA), 0.0, 0, None).x_test
         scale, offset = INPUT_SCALINGS[card.input_scaling]
         expected = tf_keras.models.load_model(original, compile=False)(images * scale + offset, training=False).numpy()
-        served = apply_calibration(predictor.logits(images), None).probabilities  # the service's path, uncalibrated
+        served = calibrated_predict(predictor.logits, None, None)(images)["probabilities"]  # the registry's call, uncalibrated
     return answer | {"max_difference": float(np.abs(served - expected).max()),
                      "same_top_class": bool((served.argmax(1) == expected.argmax(1)).all())}
 

@@ -598,13 +598,14 @@ def test_import_registers_models_of_each_format(kind: str, tmp_path: Path, store
     assert "reliability.png" in meta["plots"] and "calibration: temperature" in result.stdout
 
     # the stored accuracy is the one the served model gets on the same test images (what the service runs)
-    from contract.calibration import apply_calibration
+    from contract.calibration import calibrated_predict
     from contract.predictor import load_predictor
 
     data = load_dataset(str(OFFICIAL), 0.0, 0)
     with inprocess.bentoml_home(home):
         predictor = load_predictor("imported:latest", trust_model_code=True)
-        probabilities = apply_calibration(predictor.logits(data.x_test), predictor.card.calibration).probabilities
+        served = calibrated_predict(predictor.logits, predictor.card.calibration, None)  # the registry's model call
+        probabilities = served(data.x_test)["probabilities"]
     served_accuracy = float(np.mean(probabilities.argmax(axis=1) == data.y_test))
     assert abs(served_accuracy - meta["metrics"]["test_accuracy"]) <= 1 / 50 + 1e-9, (served_accuracy, meta)
 
